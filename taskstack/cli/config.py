@@ -1,0 +1,5 @@
+"""`dstack config`."""
+
+from __future__ import annotations
+
+from taskstack.cli.app import app  # noqa: F401

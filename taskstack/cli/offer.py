@@ -1,0 +1,5 @@
+"""`dstack offer`."""
+
+from __future__ import annotations
+
+from taskstack.cli.app import app  # noqa: F401
