@@ -15,4 +15,6 @@ def taskstack_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     """Each test gets its own `TASKSTACK_HOME`, so nothing touches the user's `~/.taskstack`."""
     home = tmp_path_factory.mktemp("taskstack-home")
     monkeypatch.setenv("TASKSTACK_HOME", str(home))
+    # Tests never reach for the online offers catalog: the network is loopback-only.
+    monkeypatch.setenv("TASKSTACK_OFFLINE", "1")
     return home
