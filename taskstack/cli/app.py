@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from taskstack.errors import TaskstackError
 from taskstack.home import logs_dir
@@ -42,7 +43,7 @@ def main() -> None:
         app(standalone_mode=False)
     except TaskstackError as exc:
         log.debug("command failed", exc_info=True)
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
