@@ -40,7 +40,8 @@ def main() -> None:
     from taskstack.cli import apply, config, offer, plan, runs, validate  # noqa: F401
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click hands back `typer.Exit`'s code instead of exiting.
+        code = app(standalone_mode=False)
     except TaskstackError as exc:
         log.debug("command failed", exc_info=True)
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -56,6 +57,7 @@ def main() -> None:
     except _click_exceptions() as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _click_exceptions() -> type[Exception]:

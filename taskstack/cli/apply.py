@@ -1,5 +1,167 @@
-"""`dstack apply`."""
+"""`dstack apply`: show the run plan, ask, run the task, stream its logs, exit with its status."""
 
 from __future__ import annotations
 
-from taskstack.cli.app import app  # noqa: F401
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from taskstack.cli.app import app, console, err_console
+
+if TYPE_CHECKING:
+    from taskstack.apply import ApplyEvent, RunPlan
+
+_SHOWN_OFFERS = 3
+
+
+@app.command()
+def apply(
+    file: Annotated[Path, typer.Option("--file", "-f", help="The task file (`.dstack.yml`).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env", "-e", help="`K=V` sets an env var; `K` takes it from this environment."
+        ),
+    ] = None,
+    port: Annotated[
+        list[str] | None,
+        typer.Option("--port", "-p", help="`LOCAL:CONTAINER` publishes a task port elsewhere."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="The run name.")] = None,
+) -> None:
+    """Run a task: show the plan, ask, stream the logs, exit with the task's exit status."""
+    from taskstack.apply import execute_run, plan_run
+
+    plan = plan_run(file, cli_env=env or [], ports=port or [], name=name)
+    console.print(run_plan_table(plan))
+    if not yes and not _confirm(f"Submit the run [bold]{plan.name}[/bold]?"):
+        err_console.print("[yellow]not submitted[/yellow]")
+        sys.exit(1)
+
+    result = execute_run(plan, on_event=_EventPrinter(nodes=plan.nodes_num))
+    # sys.exit, not typer.Exit: `main()` runs typer with standalone_mode=False, where
+    # click turns typer.Exit into a return value and the exit status would be lost.
+    sys.exit(result.exit_status)
+
+
+def run_plan_table(plan: RunPlan) -> Any:
+    """The run plan as dstack shows it: the run's settings, then the best offers."""
+    from rich.console import Group
+    from rich.table import Table
+
+    from taskstack.cli.offer import offers_table
+
+    task = plan.task
+    settings = Table(box=None, show_header=False, pad_edge=False)
+    settings.add_column(style="bold")
+    settings.add_column()
+    for label, value in _plan_rows(plan, task):
+        settings.add_row(label, value)
+
+    shown = plan.offers[:_SHOWN_OFFERS]
+    offers = offers_table(shown, total=len(plan.offers), shown=len(shown))
+    return Group(settings, "", offers, "")
+
+
+def _plan_rows(plan: RunPlan, task: Any) -> list[tuple[str, str]]:
+    return [
+        ("Configuration", str(plan.config_path)),
+        ("Type", "task"),
+        ("Nodes", str(plan.nodes_num)),
+        ("Resources", _resources(task)),
+        ("Spot policy", str(getattr(task, "spot_policy", None) or "on-demand")),
+        ("Max price", _max_price(getattr(task, "max_price", None))),
+        ("Retry", _retry(getattr(task, "retry", None))),
+        ("Max duration", _duration(plan.spec.max_duration)),
+        ("Backend", plan.backend),
+    ]
+
+
+def _resources(task: Any) -> str:
+    try:
+        from taskstack.compiler.resources import resources_pretty
+    except ImportError:
+        return str(task.resources)
+    return resources_pretty(task.resources)
+
+
+def _max_price(value: float | None) -> str:
+    return "off" if value is None else f"${value:g}"
+
+
+def _retry(value: Any) -> str:
+    if not value:
+        return "no"
+    events = getattr(value, "on_events", None)
+    duration = getattr(value, "duration", None)
+    parts = [", ".join(str(event) for event in events)] if events else []
+    if duration:
+        parts.append(f"for {_duration(duration)}")
+    return " ".join(parts) or "yes"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "off"
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _confirm(question: str) -> bool:
+    from rich.prompt import Confirm
+
+    try:
+        return Confirm.ask(question, console=console)
+    except EOFError:
+        return False
+
+
+class _EventPrinter:
+    """Renders the run's events: log lines (prefixed by rank on multi-node runs), status."""
+
+    def __init__(self, *, nodes: int) -> None:
+        self.nodes = nodes
+
+    def __call__(self, event: ApplyEvent) -> None:
+        from taskstack import apply
+        from taskstack.runtime import job
+
+        if isinstance(event, job.LogLine):
+            self._line(event)
+        elif isinstance(event, apply.StepStarted) and event.step == "provision":
+            console.print(f"[dim]Provisioning: {event.detail}[/dim]", highlight=False)
+        elif isinstance(event, apply.StepStarted) and event.step == "stop":
+            err_console.print(f"[yellow]Stopping the run ({event.detail})...[/yellow]")
+        elif isinstance(event, job.PortsForwarded):
+            for url in event.urls:
+                console.print(f"[bold]Port open:[/bold] {url}", highlight=False)
+        elif isinstance(event, job.JobStopping) and (self.nodes > 1 or event.kind != "failure"):
+            err_console.print(f"[yellow]Stopping the run: {event.reason}[/yellow]")
+        elif isinstance(event, job.NodeExited) and event.exit_code != 0 and self.nodes > 1:
+            err_console.print(f"[red]node {event.rank} exited with {event.exit_code}[/red]")
+        elif isinstance(event, apply.RunFinished):
+            self._finished(event.result)
+
+    def _line(self, event: Any) -> None:
+        from rich.text import Text
+
+        text = Text(event.text)
+        if self.nodes > 1:
+            text = Text.assemble((f"[{event.rank}] ", "cyan"), text)
+        console.print(text, soft_wrap=True, highlight=False)
+
+    def _finished(self, result: Any) -> None:
+        colour = {"done": "green", "interrupted": "yellow", "terminated": "yellow"}.get(
+            result.status, "red"
+        )
+        reason = f" ({result.reason})" if result.reason else ""
+        console.print(
+            f"Run [bold]{result.name}[/bold] [{colour}]{result.status}[/{colour}]{reason}",
+            highlight=False,
+        )

@@ -56,3 +56,7 @@ class JobSpec(_Frozen):
     privileged: bool = False
     ports: tuple[PortMapping, ...] = ()
     registry_auth: RegistryAuth | None = None
+    repo_id: str = ""
+    """`DSTACK_REPO_ID`: names the working directory the run was applied from."""
+    max_duration: float | None = None
+    """Seconds the job may run before every node is stopped; None means no limit."""

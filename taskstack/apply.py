@@ -1,0 +1,606 @@
+"""The run lifecycle of `dstack apply`, as named steps that report through events.
+
+`plan_run` does everything that can fail without side effects: load the task, resolve its
+env (every missing variable in one error), find offers, name the run, check its ports and
+the backend's prerequisites. The caller shows the plan and asks. `execute_run` then writes
+the run record, provisions the nodes, runs the job on them and tears everything down in
+`finally`, whatever happened: success, failure, `max_duration`, `dstack stop` or Ctrl+C.
+
+Provisioning is behind the `Provisioner` protocol: the local backend's nodes are process
+groups on this machine (`LocalProvisioner`); a cloud provisioner previews, brings up and
+destroys a stack and returns its `Node`s, and the rest of the lifecycle stays the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from taskstack import records
+from taskstack.errors import ConfigError, OffersError, RunError
+from taskstack.records import RunRecord, RunStatus
+from taskstack.runtime import job
+from taskstack.runtime.job import JobEvent, JobResult, LogLine, NodeStarted, Transport
+from taskstack.runtime.ports import check_ports_free
+from taskstack.runtime.spec import JobSpec, Node, PortMapping
+
+log = logging.getLogger(__name__)
+
+LOCAL_ADDRESS = "127.0.0.1"
+SNAPSHOT_FILE = "snapshot.tar"
+
+
+# Events of the lifecycle; the job's own events (`runtime.job`) pass through as they are.
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    """A lifecycle step began: `record`, `provision`, `run`, `stop` (a signal), `teardown`."""
+
+    step: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The run ended and its record says so."""
+
+    result: RunResult
+
+
+ApplyEvent = StepStarted | RunFinished | JobEvent
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What `dstack apply` is about to do; nothing has started yet."""
+
+    name: str
+    task: Any
+    """The `TaskConfig`, with env resolved."""
+    config_path: Path
+    repo_root: Path
+    spec: JobSpec
+    nodes_num: int
+    offers: tuple[Any, ...]
+    """Every matching offer, cheapest first; the first one is used."""
+    run_id: str
+    """Unique to this apply; marks everything the run starts."""
+    backend: str = "local"
+
+    @property
+    def offer(self) -> Any:
+        return self.offers[0]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended. `exit_status` is what `dstack apply` exits with."""
+
+    name: str
+    status: RunStatus
+    exit_status: int
+    reason: str = ""
+    exit_codes: dict[int, int] = field(default_factory=dict)
+
+
+class Provisioner(Protocol):
+    """Makes a run's nodes and removes them. Local: process groups; clouds: a stack."""
+
+    backend: str
+
+    def preview(self, plan: RunPlan) -> str:
+        """One line saying what `up` will create; raises when a prerequisite is missing."""
+        ...
+
+    async def up(self, plan: RunPlan) -> list[Node]:
+        """Create the run's nodes and return them with their ranks."""
+        ...
+
+    def transports(self, plan: RunPlan, nodes: Sequence[Node]) -> list[Transport]:
+        """One transport per node, in the order of `nodes`."""
+        ...
+
+    async def destroy(self, plan: RunPlan) -> None:
+        """Remove everything `up` created; what is already gone is not an error."""
+        ...
+
+
+def plan_run(
+    config_path: Path,
+    *,
+    cli_env: Sequence[str] = (),
+    ports: Sequence[str] = (),
+    name: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    provisioner: Provisioner | None = None,
+) -> RunPlan:
+    """Everything `dstack apply` decides before it starts anything.
+
+    Raises:
+        ConfigError: the task is invalid, a required env var is missing, a port is taken.
+        OffersError: no offer fits the task.
+        RunError: a run with this name is still active, or the backend cannot run the task.
+    """
+    from taskstack.compiler.config import load_task, resolve_env
+    from taskstack.runtime.workdir import repo_id, repo_root
+
+    task = load_task(config_path)
+    env = resolve_env(task, cli_env=list(cli_env), environ=dict(environ or os.environ))
+    task = task.model_copy(update={"env": env})
+    task = _with_ports(task, ports)
+    offers = _find_offers(task)
+    run_name = name or task.name or generate_name()
+    _refuse_active(run_name)
+
+    root = repo_root(cwd or Path.cwd())
+    spec = job_spec(task, run_name=run_name, repo_id=repo_id(root), offer=offers[0])
+    plan = RunPlan(
+        name=run_name,
+        task=task,
+        config_path=config_path.resolve(),
+        repo_root=root,
+        spec=spec,
+        nodes_num=int(task.nodes),
+        offers=tuple(offers),
+        run_id=uuid.uuid4().hex[:12],
+    )
+    (provisioner or LocalProvisioner()).preview(plan)
+    return plan
+
+
+def execute_run(
+    plan: RunPlan,
+    *,
+    on_event: Callable[[ApplyEvent], None],
+    provisioner: Provisioner | None = None,
+) -> RunResult:
+    """Run the plan to its end and return how it ended; the record tells the same.
+
+    Ctrl+C (SIGINT), SIGTERM (what `dstack stop` sends) and SIGHUP stop every node and
+    end the run as `interrupted` or `terminated`; nothing the run started survives.
+    """
+    provisioner = provisioner or LocalProvisioner()
+    provisioner.preview(plan)  # again: a port may have been taken while the user read the plan
+
+    record = records.create_record(
+        records.new_record(
+            name=plan.name,
+            run_id=plan.run_id,
+            backend=plan.backend,
+            config_path=str(plan.config_path),
+            nodes_num=plan.nodes_num,
+        )
+    )
+    on_event(StepStarted(step="record", detail=str(records.run_dir(plan.name))))
+    return asyncio.run(_Run(plan, record, provisioner, on_event).execute())
+
+
+def stop_run(name: str, *, grace: float = job.STOP_GRACE_SECONDS) -> RunRecord:
+    """Stop run `name`: ask its apply process to stop it, and kill what is left.
+
+    The apply process gets SIGTERM and tears the run down itself (its record then says
+    `terminated`). If it is gone, or does not finish in time, the run's processes are
+    stopped here, found by the marker each carries, and the record is closed.
+
+    Raises:
+        RunError: there is no such run, or it has ended.
+    """
+    from taskstack.runtime.local import node_marker, stop_marked
+
+    record = records.load_record(name)
+    # An aborted run's apply died; what it started may still run and is stopped here.
+    if not record.active and record.status != "aborted":
+        raise RunError(f"run {name} is not running; it is {record.status}")
+
+    if records.apply_alive(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.apply_pid, signal.SIGTERM)
+        _wait_until(lambda: not records.apply_alive(record), timeout=grace + 5)
+
+    for rank in range(record.nodes_num):
+        stop_marked(node_marker(name, record.run_id, rank), grace=grace)
+
+    record = records.load_record(name)
+    if record.active or record.status == "aborted":
+        # The apply process could not close the record itself, nor clean up after the run.
+        if record.backend == "local":
+            remove_local_leftovers(name)
+        record = records.finish(record, status="terminated", reason="stopped", exit_status=1)
+    return record
+
+
+def remove_local_leftovers(name: str) -> None:
+    """Remove a local run's node copies, virtualenv and snapshot; its record and log stay."""
+    folder = records.run_dir(name)
+    for part in ("nodes", "venv"):
+        shutil.rmtree(folder / part, ignore_errors=True)
+    (folder / SNAPSHOT_FILE).unlink(missing_ok=True)
+
+
+def job_spec(task: Any, *, run_name: str, repo_id: str, offer: Any) -> JobSpec:
+    """The job every node runs, from the task (env already resolved) and the chosen offer."""
+    gpus = int(getattr(offer, "gpu_count", 0) or 0)
+    return JobSpec(
+        run_name=run_name,
+        image=task.image,
+        commands=tuple(task.commands or ()),
+        entrypoint=getattr(task, "entrypoint", None),
+        user=getattr(task, "user", None),
+        working_dir=task.working_dir,
+        env=_env_values(task.env),
+        gpus_per_node=gpus,
+        gpu_vendor=getattr(offer, "gpu_vendor", None) if gpus else None,
+        privileged=bool(getattr(task, "privileged", False)),
+        ports=tuple(
+            # `*:C` (no local port) takes the container's own number on this machine.
+            PortMapping(
+                local_port=port.local_port or port.container_port,
+                container_port=port.container_port,
+            )
+            for port in task.ports or ()
+        ),
+        repo_id=repo_id,
+        max_duration=task.max_duration,
+    )
+
+
+def generate_name() -> str:
+    """A fresh run name like `brave-otter-1`, not used by any recorded run."""
+    base = f"{random.choice(_ADJECTIVES)}-{random.choice(_ANIMALS)}"
+    taken = {path.name for path in records.runs_dir().glob(f"{base}-*")}
+    number = 1
+    while f"{base}-{number}" in taken:
+        number += 1
+    return f"{base}-{number}"
+
+
+class LocalProvisioner:
+    """The local backend: every node is a process group on this machine (no engine)."""
+
+    backend = "local"
+
+    def preview(self, plan: RunPlan) -> str:
+        """Check the local backend's prerequisites: free ports, and Docker for `image:`."""
+        # Containers publish a port under its own number too: this machine's port either way.
+        check_ports_free(plan.spec.ports, host_network=True)
+        if plan.spec.image is not None:
+            _require_docker(plan.spec.image)
+            kind = "container" if plan.nodes_num == 1 else "containers"
+        else:
+            kind = "process group" if plan.nodes_num == 1 else "process groups"
+        return f"{plan.nodes_num} {kind} on this machine{_python_note(plan)}"
+
+    async def up(self, plan: RunPlan) -> list[Node]:
+        """Create the run's virtualenv (not for containers); the nodes are this machine."""
+        from taskstack.runtime.local import create_run_venv
+
+        if plan.spec.image is None:
+            await asyncio.to_thread(create_run_venv, self._venv_dir(plan))
+        return [
+            Node(rank=rank, address=LOCAL_ADDRESS, private_ip=LOCAL_ADDRESS, user=_user())
+            for rank in range(plan.nodes_num)
+        ]
+
+    def transports(self, plan: RunPlan, nodes: Sequence[Node]) -> list[Transport]:
+        from taskstack.runtime.local import LocalTransport, node_marker
+        from taskstack.runtime.localdocker import LocalDockerTransport
+
+        node_root = records.run_dir(plan.name) / "nodes"
+        if plan.spec.image is not None:
+            return [
+                LocalDockerTransport(
+                    node,
+                    node_dir=node_root / str(node.rank),
+                    nodes=plan.nodes_num,
+                    marker=node_marker(plan.name, plan.run_id, node.rank),
+                )
+                for node in nodes
+            ]
+        return [
+            LocalTransport(
+                node,
+                node_dir=node_root / str(node.rank),
+                venv_dir=self._venv_dir(plan),
+                marker=node_marker(plan.name, plan.run_id, node.rank),
+            )
+            for node in nodes
+        ]
+
+    async def destroy(self, plan: RunPlan) -> None:
+        """Kill any process still marked with the run, then remove node copies and the venv."""
+        from taskstack.runtime.local import kill_marked, node_marker
+
+        for rank in range(plan.nodes_num):
+            await asyncio.to_thread(kill_marked, node_marker(plan.name, plan.run_id, rank))
+        if plan.spec.image is not None:
+            from taskstack.runtime.localdocker import remove_run_containers
+
+            await asyncio.to_thread(remove_run_containers, plan.name)
+        await asyncio.to_thread(remove_local_leftovers, plan.name)
+
+    @staticmethod
+    def _venv_dir(plan: RunPlan) -> Path:
+        return records.run_dir(plan.name) / "venv"
+
+
+class _Run:
+    """One execution of a plan: provision, run, tear down, and keep the record current."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        record: RunRecord,
+        provisioner: Provisioner,
+        on_event: Callable[[ApplyEvent], None],
+    ) -> None:
+        self.plan = plan
+        self.record = record
+        self.provisioner = provisioner
+        self.on_event = on_event
+        self.stop_reason: tuple[RunStatus, str] | None = None
+        self._tearing_down = False
+        self._log: IO[str] | None = None
+
+    async def execute(self) -> RunResult:
+        # Our handlers stay until the teardown is over: a Ctrl+C then must not cut it short.
+        self._install_signal_handlers()
+        self._log = open(records.log_path(self.plan.name), "a", buffering=1)  # noqa: SIM115
+        failure: Exception | None = None
+        try:
+            try:
+                result = await self._provision_and_run()
+            except asyncio.CancelledError:
+                # Handled: the teardown's own awaits must not see a pending cancellation.
+                _uncancel()
+                status, reason = self.stop_reason or ("interrupted", "interrupted")
+                result = _result(self.plan.name, status=status, reason=reason, job=None)
+            except Exception as exc:
+                failure = exc
+                result = _result(self.plan.name, status="failed", reason=str(exc), job=None)
+
+            self._tearing_down = True
+            await self._teardown()
+            self._finish(result)
+        finally:
+            self._restore_signal_handlers()
+
+        if failure is not None:
+            raise failure
+        self.on_event(RunFinished(result=result))
+        return result
+
+    async def _provision_and_run(self) -> RunResult:
+        self._set_status("provisioning")
+        self.on_event(StepStarted(step="provision", detail=self.provisioner.preview(self.plan)))
+        nodes = await self.provisioner.up(self.plan)
+        transports = self.provisioner.transports(self.plan, nodes)
+        snapshot = await asyncio.to_thread(self._snapshot)
+
+        self.on_event(StepStarted(step="run", detail=self.plan.name))
+        outcome = await job.run_job(
+            self.plan.spec, nodes, transports, self._on_job_event, snapshot=snapshot
+        )
+        return _result(self.plan.name, status=outcome.status, reason=outcome.reason, job=outcome)
+
+    def _snapshot(self) -> Path:
+        from taskstack.runtime.workdir import write_snapshot
+
+        # In the run's folder, not /tmp: whatever ends the run, teardown finds it there.
+        write_snapshot(self.plan.repo_root, self._snapshot_path)
+        return self._snapshot_path
+
+    @property
+    def _snapshot_path(self) -> Path:
+        return records.run_dir(self.plan.name) / SNAPSHOT_FILE
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        if isinstance(event, LogLine) and self._log is not None:
+            prefix = f"[{event.rank}] " if self.plan.nodes_num > 1 else ""
+            self._log.write(f"{prefix}{event.text}\n")
+        elif isinstance(event, NodeStarted):
+            self._record_node(event)
+        self.on_event(event)
+
+    def _record_node(self, event: NodeStarted) -> None:
+        nodes = [node for node in self.record.nodes if node.rank != event.rank]
+        nodes.append(records.NodeRecord(rank=event.rank, address=LOCAL_ADDRESS, pgid=event.pid))
+        nodes.sort(key=lambda node: node.rank)
+        self.record = self.record.model_copy(update={"nodes": nodes, "status": "running"})
+        records.save_record(self.record)
+
+    async def _teardown(self) -> None:
+        self.on_event(StepStarted(step="teardown"))
+        # Not cancellable: the signal handlers ignore a second Ctrl+C until this is done.
+        await self.provisioner.destroy(self.plan)
+        self._snapshot_path.unlink(missing_ok=True)
+
+    def _set_status(self, status: RunStatus) -> None:
+        self.record = self.record.model_copy(update={"status": status})
+        records.save_record(self.record)
+
+    def _finish(self, result: RunResult) -> None:
+        if self._log is not None:
+            self._log.close()
+        nodes = [
+            node.model_copy(update={"exit_code": result.exit_codes.get(node.rank)})
+            for node in self.record.nodes
+        ]
+        self.record = records.finish(
+            self.record.model_copy(update={"nodes": nodes}),
+            status=result.status,
+            reason=result.reason,
+            exit_status=result.exit_status,
+        )
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+
+        def stop(status: RunStatus, reason: str) -> None:
+            # Once stopping or tearing down, further signals change nothing.
+            if self.stop_reason is None and not self._tearing_down:
+                self.stop_reason = (status, reason)
+                self.on_event(StepStarted(step="stop", detail=reason))
+                main.cancel()
+
+        loop.add_signal_handler(signal.SIGINT, stop, "interrupted", "Ctrl+C")
+        loop.add_signal_handler(signal.SIGHUP, stop, "interrupted", "the terminal closed")
+        loop.add_signal_handler(signal.SIGTERM, stop, "terminated", "stopped")
+
+    def _restore_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _result(name: str, *, status: RunStatus, reason: str, job: JobResult | None) -> RunResult:
+    exit_status = {"done": 0, "interrupted": 130}.get(status, 1)
+    if job is not None:
+        exit_status = job.exit_status
+    return RunResult(
+        name=name,
+        status=status,
+        exit_status=exit_status,
+        reason=reason,
+        exit_codes=dict(job.exit_codes) if job else {},
+    )
+
+
+def _wait_until(condition: Callable[[], bool], *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _find_offers(task: Any) -> list[Any]:
+    """This machine's offer, when it fits the task's resources.
+
+    The local backend needs no instance catalog, so none is loaded (that saves a few
+    hundred milliseconds on every apply).
+    """
+    from datetime import UTC, datetime
+
+    from taskstack.compiler.catalog import Catalog, CatalogSource
+    from taskstack.compiler.offers import find_offers
+
+    # TODO: offer the configured clouds too once their provisioners plug in here.
+    no_catalog = Catalog(
+        offers=(),
+        source=CatalogSource(kind="directory", location="none", created_at=datetime.now(UTC)),
+    )
+    offers = list(find_offers(task, backends=["local"], catalog=no_catalog).offers)
+    if not offers:
+        raise OffersError("this machine does not fit the task's `resources`; no offer to run it")
+    return offers
+
+
+def _with_ports(task: Any, overrides: Sequence[str]) -> Any:
+    """The task with `-p LOCAL:CONTAINER` overrides applied to its ports of the same container."""
+    if not overrides:
+        return task
+    ports = {port.container_port: port for port in task.ports or ()}
+    for text in overrides:
+        local, container = _parse_port_override(text)
+        if container not in ports:
+            raise ConfigError(f"`-p {text}`: the task has no port {container} in `ports`")
+        ports[container] = ports[container].model_copy(update={"local_port": local})
+    return task.model_copy(update={"ports": list(ports.values())})
+
+
+def _parse_port_override(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+):(\d+)", text.strip())
+    if match is None or not all(0 < int(part) < 65536 for part in match.groups()):
+        raise ConfigError(f"`-p {text}` must be LOCAL_PORT:CONTAINER_PORT, e.g. `-p 8502:8501`")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _env_values(env: Mapping[str, str | None]) -> dict[str, str]:
+    """The resolved env; a value still missing here is a bug upstream, said plainly."""
+    missing = [key for key, value in env.items() if value is None]
+    if missing:
+        raise ConfigError(f"`env`: no value for {', '.join(missing)}; pass `-e {missing[0]}=...`")
+    return {key: str(value) for key, value in env.items()}
+
+
+def _refuse_active(name: str) -> None:
+    with contextlib.suppress(RunError):
+        record = records.load_record(name)
+        if record.active:
+            raise ConfigError(
+                f"run {name} is still {record.status}; stop it with `dstack stop {name}` "
+                f"or pick another `--name`"
+            )
+
+
+def _require_docker(image: str) -> None:
+    """`image:` on the local backend needs a Docker engine that answers."""
+    docker = shutil.which("docker")
+    if docker is None:
+        raise RunError(
+            f"`image: {image}` needs a Docker engine on the local backend, and `docker` is "
+            f"not installed; install Docker or remove `image` to run the commands directly"
+        )
+    answer = subprocess.run(
+        [docker, "info", "--format", "{{.ServerVersion}}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    if answer.returncode != 0:
+        reason = (answer.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise RunError(
+            f"`image: {image}` needs a Docker engine on the local backend, and none answers "
+            f"({reason}); start Docker or remove `image` to run the commands directly"
+        )
+
+
+def _python_note(plan: RunPlan) -> str:
+    """Without `image:` a task runs on this machine's Python; say so when it asked for another."""
+    asked = getattr(plan.task, "python", None)
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if plan.spec.image is not None or asked is None or str(asked) == here:
+        return ""
+    return f" (with Python {here}; `python: {asked}` picks the image on clouds)"
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+_ADJECTIVES = (
+    "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lively",
+    "mighty", "nimble", "proud", "quick", "shiny", "silly", "swift", "tidy", "wise", "zesty",
+)  # fmt: skip
+_ANIMALS = (
+    "badger", "beaver", "cat", "crab", "crow", "deer", "eagle", "fox", "goat", "heron",
+    "koala", "lemur", "lynx", "moose", "otter", "owl", "panda", "seal", "tiger", "yak",
+)  # fmt: skip

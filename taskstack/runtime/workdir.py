@@ -1,0 +1,141 @@
+"""The working-directory snapshot shipped to every node: a tar of the files a run sees.
+
+In a git repository the snapshot holds the tracked files as they are on disk (uncommitted
+changes included) and the untracked files git does not ignore, the way a user expects
+`git status` to describe their work. Outside git it is a plain copy of the directory.
+The same tar is extracted into each local node's folder and uploaded over SSH.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskstack.errors import RunError
+
+log = logging.getLogger(__name__)
+
+PLAIN_MAX_FILES = 20_000
+PLAIN_MAX_BYTES = 1 << 30
+"""Outside git nothing says what belongs to the code; past these a copy is refused rather
+than, say, copying a home directory into every node."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot written to `archive`: where it came from and how big it is."""
+
+    root: Path
+    archive: Path
+    files: int
+    size: int
+    git: bool
+
+
+def repo_root(start: Path) -> Path:
+    """The directory a run snapshots: the git top level above `start`, else `start` itself.
+
+    dstack treats the repository of the current directory as the run's code, so commands
+    in a task are written relative to the repository root.
+    """
+    toplevel = _git(start, "rev-parse", "--show-toplevel")
+    if toplevel is None:
+        return start.resolve()
+    return Path(toplevel.strip()).resolve()
+
+
+def repo_id(root: Path) -> str:
+    """A short stable id of the working directory: from its git remote, else its path."""
+    remote = _git(root, "config", "--get", "remote.origin.url")
+    source = remote.strip() if remote else str(root.resolve())
+    return hashlib.sha256(source.encode()).hexdigest()[:8]
+
+
+def list_files(root: Path) -> tuple[list[str], bool]:
+    """The relative paths a snapshot of `root` holds, and whether git chose them."""
+    listing = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    if listing is None:
+        return _walk(root), False
+
+    # A tracked file deleted in the work tree is part of the uncommitted changes: skip it.
+    paths = [path for path in listing.split("\0") if path and _exists(root / path)]
+    return sorted(set(paths)), True
+
+
+def write_snapshot(root: Path, archive: Path) -> Snapshot:
+    """Write the snapshot of `root` as an uncompressed tar at `archive`.
+
+    Uncompressed because the local backend extracts it at once; SSH uploads compress on
+    the wire.
+    """
+    paths, from_git = list_files(root)
+    size = 0
+    with tarfile.open(archive, "w") as tar:
+        for path in paths:
+            info = tar.gettarinfo(str(root / path), arcname=path)
+            if info.isreg():
+                with open(root / path, "rb") as handle:
+                    tar.addfile(info, handle)
+                size += info.size
+            else:
+                # Directories here are git submodules; links stay links.
+                tar.add(str(root / path), arcname=path, recursive=info.isdir())
+
+    log.debug("snapshot of %s: %d files, %d bytes (git: %s)", root, len(paths), size, from_git)
+    return Snapshot(root=root, archive=archive, files=len(paths), size=size, git=from_git)
+
+
+def extract_snapshot(archive: Path, dest: Path) -> None:
+    """Extract a snapshot into `dest` (created if needed), refusing paths that leave it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r") as tar:
+        # The "data" filter rejects absolute paths, `..` and links pointing outside `dest`.
+        tar.extractall(dest, filter="data")
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    """Output of a git command in `cwd`, or None when git is missing or `cwd` is no repo."""
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError as exc:
+        raise RunError(f"working directory {cwd} is not a directory") from exc
+    if done.returncode != 0:
+        return None
+    return done.stdout
+
+
+def _walk(root: Path) -> list[str]:
+    paths: list[str] = []
+    size = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath).relative_to(root)
+        paths.extend(str(base / name) for name in sorted(filenames))
+        # Links to directories are not followed by os.walk; keep them as links.
+        paths.extend(str(base / name) for name in dirnames if (Path(dirpath) / name).is_symlink())
+        size += sum(_size(Path(dirpath) / name) for name in filenames)
+        if len(paths) > PLAIN_MAX_FILES or size > PLAIN_MAX_BYTES:
+            raise RunError(
+                f"{root} is not a git repository and holds more than {PLAIN_MAX_FILES} files "
+                f"or {PLAIN_MAX_BYTES >> 20} MB; run `dstack apply` from the task's git "
+                f"repository or a smaller directory"
+            )
+    return paths
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)

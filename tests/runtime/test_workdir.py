@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from taskstack.errors import RunError
+from taskstack.runtime.workdir import (
+    extract_snapshot,
+    list_files,
+    repo_id,
+    repo_root,
+    write_snapshot,
+)
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "train.py").write_text("print('committed')\n")
+    (root / "gone.txt").write_text("deleted later\n")
+    (root / ".gitignore").write_text("*.ckpt\nbuild/\n")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "first")
+
+    # The work tree now differs from the commit in every way a snapshot must honour.
+    (root / "src" / "train.py").write_text("print('uncommitted')\n")
+    (root / "notes.md").write_text("untracked\n")
+    (root / "model.ckpt").write_text("ignored\n")
+    (root / "build").mkdir()
+    (root / "build" / "out.bin").write_text("ignored\n")
+    (root / "gone.txt").unlink()
+    return root
+
+
+def test_git_snapshot_holds_the_work_tree_as_git_sees_it(repo: Path, tmp_path: Path) -> None:
+    snapshot = write_snapshot(repo, tmp_path / "snap.tar")
+
+    with tarfile.open(snapshot.archive) as tar:
+        names = sorted(tar.getnames())
+        edited = tar.extractfile("src/train.py").read()  # type: ignore[union-attr]
+    assert names == [".gitignore", "notes.md", "src/train.py"]
+    assert edited == b"print('uncommitted')\n"
+    assert snapshot.git and snapshot.files == 3
+
+
+def test_plain_directory_is_copied_whole(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "c.txt").write_text("deep\n")
+    (root / "model.ckpt").write_text("kept: no git, no ignore rules\n")
+
+    paths, from_git = list_files(root)
+
+    assert (sorted(paths), from_git) == (["a/b/c.txt", "model.ckpt"], False)
+
+
+def test_extract_recreates_files_with_modes(repo: Path, tmp_path: Path) -> None:
+    script = repo / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    snapshot = write_snapshot(repo, tmp_path / "snap.tar")
+
+    extract_snapshot(snapshot.archive, tmp_path / "node0")
+
+    copy = tmp_path / "node0" / "run.sh"
+    assert copy.read_text() == "#!/bin/sh\necho hi\n"
+    assert copy.stat().st_mode & 0o111
+    assert (tmp_path / "node0" / "src" / "train.py").read_text() == "print('uncommitted')\n"
+
+
+def test_repo_root_is_the_git_top_level(repo: Path) -> None:
+    assert repo_root(repo / "src") == repo.resolve()
+
+
+def test_repo_id_is_stable_and_follows_the_remote(repo: Path, tmp_path: Path) -> None:
+    first = repo_id(repo)
+    _git(repo, "remote", "add", "origin", "https://example.com/team/models.git")
+
+    assert repo_id(repo) == repo_id(repo) != first
+    assert len(first) == 8
+
+
+def test_a_huge_plain_directory_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("taskstack.runtime.workdir.PLAIN_MAX_FILES", 3)
+    for index in range(5):
+        (tmp_path / f"f{index}").write_text("x")
+
+    with pytest.raises(RunError, match=r"is not a git repository and holds more than 3 files"):
+        list_files(tmp_path)

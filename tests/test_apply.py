@@ -1,0 +1,184 @@
+"""The run lifecycle as a library: plan, execute, stop; real processes on this machine."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from taskstack import apply, records
+from taskstack.errors import ConfigError, RunError
+from taskstack.runtime.job import LogLine
+
+
+def _task(folder: Path, text: str) -> Path:
+    path = folder / ".dstack.yml"
+    path.write_text(text)
+    return path
+
+
+def _nothing_started() -> bool:
+    return not records.runs_dir().exists() or not any(records.runs_dir().iterdir())
+
+
+def test_every_missing_env_var_is_one_error_before_anything_starts(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nenv: [HF_TOKEN, WANDB_KEY, SET=1]\ncommands: [env]\n")
+
+    with pytest.raises(ConfigError, match=r"HF_TOKEN, WANDB_KEY") as err:
+        apply.plan_run(path, environ={}, cwd=tmp_path)
+
+    assert "\n" not in str(err.value)
+    assert _nothing_started()
+
+
+def test_env_comes_from_the_cli_and_the_environment(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nenv: [A, B, C=3]\ncommands: [env]\n")
+
+    plan = apply.plan_run(path, cli_env=["A=1", "B"], environ={"B": "2"}, cwd=tmp_path)
+
+    assert plan.spec.env == {"A": "1", "B": "2", "C": "3"}
+
+
+def test_a_taken_port_is_an_error_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        path = _task(tmp_path, f"type: task\nports: [{port}]\ncommands: [sleep 1]\n")
+
+        with pytest.raises(ConfigError, match=rf"^port {port} on 127.0.0.1 is taken"):
+            apply.plan_run(path, cwd=tmp_path)
+
+    assert _nothing_started()
+
+
+def test_image_without_a_docker_engine_is_a_clear_error(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nimage: python:3.11-slim\ncommands: [python -V]\n")
+    engine_answers = (
+        shutil.which("docker")
+        and subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+    )
+    if engine_answers:
+        pytest.skip("a Docker engine answers here; this test covers the machine without one")
+
+    with pytest.raises(RunError, match=r"`image: python:3.11-slim` needs a Docker engine"):
+        apply.plan_run(path, cwd=tmp_path)
+
+    assert _nothing_started()
+
+
+def test_execute_runs_records_and_cleans_up(tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("42\n")
+    path = _task(
+        tmp_path,
+        "type: task\nname: sum-1\nnodes: 2\nenv: [SECRET]\n"
+        "commands: ['echo rank $DSTACK_NODE_RANK sees $(cat data.txt)']\n",
+    )
+    plan = apply.plan_run(path, cli_env=["SECRET=hunter2-value"], cwd=tmp_path)
+    events: list[object] = []
+
+    result = apply.execute_run(plan, on_event=events.append)
+
+    assert (result.status, result.exit_status) == ("done", 0)
+    lines = sorted(event.text for event in events if isinstance(event, LogLine))
+    assert lines == ["rank 0 sees 42", "rank 1 sees 42"]
+    record = records.load_record("sum-1")
+    assert record.status == "done" and [node.exit_code for node in record.nodes] == [0, 0]
+    assert all(isinstance(node.pgid, int) for node in record.nodes)
+    assert sorted(records.log_path("sum-1").read_text().splitlines()) == [
+        "[0] rank 0 sees 42",
+        "[1] rank 1 sees 42",
+    ]
+    # Node copies and the virtualenv are gone; the record and the log stay.
+    assert sorted(p.name for p in records.run_dir("sum-1").iterdir() if p.name[0] != ".") == [
+        "logs.txt",
+        "run.json",
+    ]
+    assert "hunter2-value" not in (records.run_dir("sum-1") / "run.json").read_text()
+
+
+def test_failure_gives_the_node_exit_status(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\ncommands: [echo a, exit 4]\n")
+
+    result = apply.execute_run(apply.plan_run(path, cwd=tmp_path), on_event=lambda e: None)
+
+    assert (result.status, result.exit_status) == ("failed", 4)
+    assert records.load_record(result.name).status == "failed"
+
+
+def test_an_active_run_name_is_refused(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nname: busy-1\ncommands: ['true']\n")
+    records.create_record(
+        records.new_record(
+            name="busy-1", run_id="r1", backend="local", config_path=str(path), nodes_num=1
+        )
+    )
+
+    with pytest.raises(ConfigError, match=r"run busy-1 is still submitted"):
+        apply.plan_run(path, cwd=tmp_path)
+
+
+def test_generated_names_are_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert re.fullmatch(r"[a-z]+-[a-z]+-1", apply.generate_name())
+    monkeypatch.setattr(apply.random, "choice", lambda words: words[0])
+    first = apply.generate_name()
+
+    records.run_dir(first).mkdir(parents=True)
+    second = apply.generate_name()
+
+    assert (first, second) == ("brave-badger-1", "brave-badger-2")
+
+
+def test_stop_run_terminates_a_running_apply(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nname: long-1\ncommands: [echo up, sleep 300]\n")
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "taskstack.cli.main", "apply", "-f", str(path), "-y"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for(lambda: _running("long-1"))
+
+    record = apply.stop_run("long-1", grace=2)
+
+    assert record.status == "terminated"
+    assert runner.wait(timeout=20) == 1
+    assert "Run long-1 terminated" in (runner.stdout.read() if runner.stdout else "")
+    assert _marked("long-1", rank=0) == []
+
+
+def test_stopping_a_finished_run_says_so(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nname: short-1\ncommands: ['true']\n")
+    apply.execute_run(apply.plan_run(path, cwd=tmp_path), on_event=lambda e: None)
+
+    with pytest.raises(RunError, match=r"^run short-1 is not running; it is done$"):
+        apply.stop_run("short-1")
+
+
+def _marked(name: str, *, rank: int) -> list[int]:
+    """Live processes of one node of the run `name`, found by their marker."""
+    from taskstack.runtime.local import marked_processes, node_marker
+
+    return marked_processes(node_marker(name, records.load_record(name).run_id, rank))
+
+
+def _running(name: str) -> bool:
+    try:
+        record = records.load_record(name)
+    except RunError:
+        return False
+    return record.status == "running" and bool(record.nodes)
+
+
+def _wait_for(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
