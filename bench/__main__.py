@@ -15,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-MODULES = ["offers", "plan", "runtime", "local", "cli"]
+MODULES = ["cli", "parse", "offers", "plan", "runtime", "local"]
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
