@@ -15,6 +15,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from bench.common import NotMeasured
+
 MODULES = ["cli", "parse", "offers", "plan", "runtime", "local"]
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -32,6 +34,8 @@ def main(argv: list[str]) -> int:
             continue
         try:
             rows.extend(module.run())
+        except (NotMeasured, FileNotFoundError) as exc:
+            problems.append(f"{name}: {exc}")
         except Exception as exc:  # a broken benchmark is reported, the others still run
             traceback.print_exc()
             problems.append(f"{name}: {type(exc).__name__}: {exc}")

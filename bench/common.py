@@ -11,6 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
+class NotMeasured(Exception):
+    """A benchmark that cannot run on this machine; the reason goes into RESULTS.md."""
+
+
 def median_seconds(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 1) -> float:
     """The median wall time of `fn` over `repeat` runs, after `warmup` untimed runs."""
     for _ in range(warmup):
