@@ -9,6 +9,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
+# One moto server for the whole session, and Terraform set up offline (tests/testbed/).
+pytest_plugins = ["tests.testbed.moto", "tests.testbed.terraform"]
+
 
 @pytest.fixture(autouse=True)
 def taskstack_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):

@@ -1,0 +1,110 @@
+"""`dstack config check`: what is set, what is missing, secrets masked, bad files in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import taskstack.cli.config  # noqa: F401  (registers the command)
+from taskstack.cli.app import app
+from taskstack.settings import config_path
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "200"}
+
+_SETTINGS_VARIABLES = (
+    "TASKSTACK_BACKENDS",
+    "TASKSTACK_ENGINE",
+    "TASKSTACK_STATE_URL",
+    "TASKSTACK_STATE_PASSPHRASE",
+    "PULUMI_CONFIG_PASSPHRASE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_PROFILE",
+    "GOOGLE_CLOUD_PROJECT",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in _SETTINGS_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+
+def _write(text: str) -> None:
+    config_path().parent.mkdir(parents=True, exist_ok=True)
+    config_path().write_text(text, encoding="utf-8")
+
+
+def test_complete_settings_are_shown_with_secrets_masked() -> None:
+    _write(
+        "engine: terraform\n"
+        "backends:\n"
+        "  aws:\n"
+        "    regions: [us-east-1]\n"
+        "    access_key_id: AKIAEXAMPLE12345\n"
+        "    secret_access_key: wJalrXUtnFEMI-very-secret\n"
+        "state:\n"
+        "  pulumi:\n"
+        "    url: s3://state/taskstack\n"
+        "    passphrase: my-passphrase-value\n"
+    )
+
+    result = runner.invoke(app, ["config", "check"], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    assert "AKIA****" in result.output
+    assert "us-east-1" in result.output and "s3://state/taskstack" in result.output
+    assert "settings complete" in result.output
+    assert "wJalrXUtnFEMI" not in result.output
+    assert "AKIAEXAMPLE12345" not in result.output
+    assert "my-passphrase-value" not in result.output
+
+
+def test_what_is_missing_is_named_and_the_exit_code_says_so() -> None:
+    _write(
+        "engine: terraform\n"
+        "backends:\n"
+        "  aws:\n"
+        "    access_key_id: AKIAEXAMPLE12345\n"
+        "  gcp: {}\n"
+        "state:\n"
+        "  pulumi:\n"
+        "    url: gs://shared-state\n"
+    )
+
+    result = runner.invoke(app, ["config", "check"], env=WIDE)
+
+    assert result.exit_code == 1
+    assert "AWS_SECRET_ACCESS_KEY is missing" in result.output
+    assert "set `project` or GOOGLE_CLOUD_PROJECT" in result.output
+    assert "needs TASKSTACK_STATE_PASSPHRASE" in result.output
+    assert "3 setting(s) missing" in result.output
+
+
+def test_without_a_file_the_local_backend_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKSTACK_ENGINE", "terraform")
+
+    result = runner.invoke(app, ["config", "check"], env=WIDE)
+
+    assert "absent: defaults and environment" in result.output
+    assert "local" in result.output
+
+
+def test_a_bad_file_is_one_red_line_naming_the_key_and_line() -> None:
+    _write("backends:\n  aws:\n    regoins: [us-east-1]\n")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "taskstack.cli.main", "config", "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "config.yml:3: unknown key `backends.aws.regoins`" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
