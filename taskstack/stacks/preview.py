@@ -1,0 +1,271 @@
+"""The offline preview: what a plan's program would create, with no engine and no cloud.
+
+`preview(plan)` runs the plan's Pulumi program under the SDK's own mocks (`stacks.mocks`)
+and returns a `Preview`: every resource with its inputs, the counts per type, the outputs.
+`preview_task(path, ...)` does what `dstack plan` shows: read the task, pick the cheapest
+offer of a backend, build the plan and preview it. Secrets appear as `[secret]`; the JSON
+form is stable, so CI can diff it.
+
+The SSH key of a preview is `PREVIEW_SSH_KEY`, a fixed placeholder: a preview writes no key
+to disk and its JSON does not change from one machine to the next. `apply` generates the
+run's real key pair.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from taskstack.compiler.plan import ClusterPlan, NetworkPlan, build_plan
+from taskstack.errors import OffersError
+from taskstack.stacks.mocks import SECRET_MASK, PreviewResource, run_program
+
+__all__ = [
+    "PREVIEW_SSH_KEY",
+    "SECRET_MASK",
+    "Preview",
+    "PreviewResource",
+    "TaskPreview",
+    "highlights",
+    "preview",
+    "preview_task",
+]
+
+PREVIEW_SSH_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPREVIEWPLACEHOLDERKEYNOTUSABLE taskstack-preview"
+)
+
+CLOUDS = ("aws", "gcp", "azure")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Preview(_Frozen):
+    """Every resource a plan's program declares, sorted by type then name, and its outputs."""
+
+    run_name: str
+    cloud: str
+    resources: tuple[PreviewResource, ...]
+    outputs: dict[str, Any]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many resources of each type, by type token."""
+        return dict(sorted(Counter(r.type for r in self.resources).items()))
+
+    def of_type(self, type_: str) -> list[PreviewResource]:
+        """The resources of one type token, e.g. `aws:ec2/instance:Instance`."""
+        return [r for r in self.resources if r.type == type_]
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data: the resources, the counts per type and the outputs."""
+        return {**self.model_dump(mode="json"), "counts": self.counts}
+
+    def to_json(self) -> str:
+        """Stable JSON for CI diffs: sorted keys, no value that changes between runs."""
+        return json.dumps(self.to_data(), sort_keys=True, indent=2)
+
+
+class TaskPreview(_Frozen):
+    """What `dstack plan` shows: the offer picked, the plan built from it, its preview."""
+
+    offer: dict[str, Any]
+    plan: ClusterPlan
+    preview: Preview
+
+    def to_json(self) -> str:
+        """Stable JSON: the offer, the plan and the preview, keys sorted."""
+        data = {
+            "offer": self.offer,
+            "plan": self.plan.model_dump(mode="json"),
+            "preview": self.preview.to_data(),
+        }
+        return json.dumps(data, sort_keys=True, indent=2)
+
+
+def preview(plan: ClusterPlan) -> Preview:
+    """Run the plan's program under the mocks and return what it would create.
+
+    Only the SDK of the plan's cloud is imported.
+
+    Raises:
+        StackError: the program failed (a wrong argument type, an invoke the mocks cannot
+            answer); the message carries the SDK's reason.
+    """
+    from taskstack.stacks.programs import program_for
+
+    resources, outputs = run_program(program_for(plan), stack=plan.run_name)
+    return Preview(run_name=plan.run_name, cloud=plan.cloud, resources=resources, outputs=outputs)
+
+
+def preview_task(
+    path: Path,
+    *,
+    backend: str | None = None,
+    nodes: int | None = None,
+    run_name: str | None = None,
+) -> TaskPreview:
+    """Read a task file, take the cheapest offer of `backend`, and preview its plan.
+
+    Any backend of the catalog is eligible, configured or not (a review needs no
+    credentials). With `backend` None the cheapest cloud offer wins. `nodes` overrides
+    the task's `nodes`. The run is named `run_name`, else the task's `name`, else after
+    the file (`train.dstack.yml` -> `train`, `hello/.dstack.yml` -> `hello`).
+
+    Raises:
+        ConfigError: the file, a setting or `run_name` is invalid.
+        OffersError: no offer of that backend fits the task.
+        StackError: the program failed under the mocks.
+    """
+    from taskstack.compiler.config import load_task
+
+    task = load_task(path)
+    if nodes is not None:
+        task = task.model_copy(update={"nodes": nodes})
+    offer = _cheapest_offer(task, backend=backend)
+    name = run_name or task.name or _name_from_path(path)
+
+    network, project = _backend_settings(offer.backend)
+    plan = build_plan(
+        task,
+        offer,
+        run_name=name,
+        ssh_public_key=PREVIEW_SSH_KEY,
+        network=network,
+        project=project,
+    )
+    offer_data = offer.model_dump(mode="json", exclude={"provider_data", "configured"})
+    return TaskPreview(offer=offer_data, plan=plan, preview=preview(plan))
+
+
+def highlights(resource: PreviewResource) -> list[tuple[str, str]]:
+    """The inputs a reviewer checks, as (label, value) pairs, in a fixed order.
+
+    Instance type, zone, spot and bid, disk, EFA interfaces, placement, TPU, image, CIDRs,
+    SSH sources, tags; whichever of them the resource has, whatever its cloud.
+    """
+    pairs = []
+    for label, paths in _HIGHLIGHTS:
+        value = _first(resource.inputs, paths)
+        if value is not None:
+            pairs.append((label, _text(value)))
+    efa = _efa_count(resource.inputs)
+    if efa:
+        pairs.append(("EFA interfaces", str(efa)))
+    return pairs
+
+
+# Label, then the input paths (dotted; `[]` walks a list) that carry it on each cloud.
+_HIGHLIGHTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("instance type", ("instanceType", "machineType", "hardwareProfile.vmSize")),
+    ("TPU", ("acceleratorType",)),
+    ("TPU runtime", ("runtimeVersion",)),
+    ("GPUs", ("guestAccelerators",)),
+    ("zone", ("availabilityZone", "zone")),
+    ("location", ("location",)),
+    ("market", ("instanceMarketOptions.marketType", "scheduling.provisioningModel", "priority")),
+    ("spot", ("schedulingConfig.spot",)),
+    ("max price", ("instanceMarketOptions.spotOptions.maxPrice", "billingProfile.maxPrice")),
+    ("eviction", ("evictionPolicy",)),
+    (
+        "disk GB",
+        (
+            "rootBlockDevice.volumeSize",
+            "bootDisk.initializeParams.size",
+            "storageProfile.osDisk.diskSizeGB",
+        ),
+    ),
+    ("placement", ("placementGroup", "resourcePolicies", "availabilitySet.id")),
+    ("strategy", ("strategy", "groupPlacementPolicy.collocation")),
+    ("on shutdown", ("instanceInitiatedShutdownBehavior", "scheduling.instanceTerminationAction")),
+    ("max run seconds", ("scheduling.maxRunDuration.seconds",)),
+    ("image", ("ami", "bootDisk.initializeParams.image", "storageProfile.imageReference")),
+    ("CIDR", ("cidrBlock", "ipCidrRange", "addressSpace.addressPrefixes", "addressPrefix")),
+    ("SSH from", ("ingress[].cidrBlocks", "sourceRanges", "securityRules[].sourceAddressPrefix")),
+    ("accelerated networking", ("enableAcceleratedNetworking",)),
+    ("tags", ("tags",)),
+    ("labels", ("labels",)),
+)
+
+
+def _first(inputs: dict[str, Any], paths: tuple[str, ...]) -> Any:
+    for path in paths:
+        value = _walk(inputs, path.split("."))
+        if value not in (None, [], {}):
+            return value
+    return None
+
+
+def _walk(value: Any, parts: list[str]) -> Any:
+    if not parts:
+        return value
+    head, rest = parts[0], parts[1:]
+    if head.endswith("[]"):
+        items = value.get(head[:-2]) if isinstance(value, dict) else None
+        found = [_walk(item, rest) for item in items or []]
+        return [item for item in found if item is not None] or None
+    return _walk(value.get(head), rest) if isinstance(value, dict) else None
+
+
+def _efa_count(inputs: dict[str, Any]) -> int:
+    interfaces = inputs.get("networkInterfaces") or []
+    return sum(1 for i in interfaces if isinstance(i, dict) and i.get("interfaceType") == "efa")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_text(v)}" for k, v in sorted(value.items()))
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value)
+    return str(value)
+
+
+def _cheapest_offer(task: Any, *, backend: str | None) -> Any:
+    from taskstack.compiler.offers import find_offers
+
+    clouds = (backend,) if backend else CLOUDS
+    query = find_offers(task, backends=list(clouds), any_backend=True)
+    for offer in query.offers:
+        if offer.backend in clouds:
+            return offer
+    where = f"backend `{backend}`" if backend else "any cloud backend"
+    raise OffersError(
+        f"no offer of {where} fits the task; `dstack offer` lists what the catalog has"
+    )
+
+
+def _backend_settings(backend: str) -> tuple[NetworkPlan | None, str | None]:
+    """The network a run of `backend` uses and its GCP project, from the settings if any."""
+    from taskstack.settings import load_settings
+
+    settings = load_settings()
+    if backend == "aws" and settings.backends.aws is not None:
+        aws = settings.backends.aws
+        network = NetworkPlan(
+            vpc_id=aws.vpc_id,
+            subnet_id=aws.subnet_id,
+            vpc_cidr=aws.vpc_cidr,
+            subnet_cidr=aws.subnet_cidr,
+            ssh_cidr=aws.ssh_cidr,
+            public_ips=aws.public_ips,
+        )
+        return network, None
+    if backend == "gcp" and settings.backends.gcp is not None:
+        return None, settings.backends.gcp.project
+    return None, None
+
+
+def _name_from_path(path: Path) -> str:
+    stem = path.name.removesuffix(".yml").removesuffix(".yaml").removesuffix(".dstack")
+    base = stem.strip(".") or path.resolve().parent.name
+    name = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")
+    if not name[:1].isalpha():
+        name = f"run-{name}".rstrip("-")
+    return name[:41].rstrip("-")

@@ -1,0 +1,142 @@
+"""`dstack plan`: the resource tree, stable JSON, options, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import taskstack.cli.plan  # noqa: F401  (registers the command)
+from taskstack.cli.app import app, main
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "200"}
+
+TASK = """\
+type: task
+name: train
+nodes: 2
+commands:
+  - torchrun train.py
+resources:
+  gpu: H100:8
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_clouds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TASKSTACK_BACKENDS", raising=False)
+    monkeypatch.delenv("TASKSTACK_CATALOG", raising=False)
+
+
+@pytest.fixture
+def task_file(tmp_path: Path) -> Path:
+    path = tmp_path / "train.dstack.yml"
+    path.write_text(TASK)
+    return path
+
+
+def test_tree_shows_the_offer_and_what_a_reviewer_checks(task_file: Path) -> None:
+    result = runner.invoke(app, ["plan", "-f", str(task_file), "--backend", "aws"], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == (
+        "run train: aws p5.48xlarge x 2 in us-east-1, on-demand, $98.32/h per node"
+    )
+    out = result.output
+    assert "aws:ec2/instance:Instance train-0" in out
+    assert "aws:ec2/instance:Instance train-1" in out
+    assert "instance type: p5.48xlarge" in out
+    assert "EFA interfaces: 32" in out
+    assert "strategy: cluster" in out
+    assert "disk GB: 100" in out
+    assert "taskstack:run=train" in out
+    assert "12 resources: 2 aws:ec2/eip:Eip, 2 aws:ec2/instance:Instance" in out
+    # The user data is long and not something to eyeball in a tree.
+    assert "#!/bin/bash" not in out
+
+
+def test_json_is_stable_and_carries_offer_plan_and_resources(task_file: Path) -> None:
+    args = ["plan", "-f", str(task_file), "--backend", "aws", "--json"]
+
+    first = runner.invoke(app, args)
+    second = runner.invoke(app, args)
+
+    assert first.exit_code == 0, first.output
+    assert first.output == second.output
+    data = json.loads(first.output)
+    assert sorted(data) == ["offer", "plan", "preview"]
+    assert data["plan"]["efa_interfaces"] == 32
+    assert data["plan"]["placement_group"] is True
+    assert data["preview"]["counts"]["aws:ec2/instance:Instance"] == 2
+    assert [n["rank"] for n in data["preview"]["outputs"]["nodes"]] == [0, 1]
+
+
+def test_nodes_option_overrides_the_task(task_file: Path) -> None:
+    result = runner.invoke(
+        app, ["plan", "-f", str(task_file), "-b", "aws", "--nodes", "1", "--json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["preview"]["counts"]["aws:ec2/instance:Instance"] == 1
+    assert "aws:ec2/placementGroup:PlacementGroup" not in data["preview"]["counts"]
+
+
+def test_tpu_task_on_gcp_is_one_tpu_vm(tmp_path: Path) -> None:
+    path = tmp_path / "tpu.dstack.yml"
+    path.write_text("type: task\ncommands: [python t.py]\nresources:\n  gpu: v5litepod-8\n")
+
+    result = runner.invoke(app, ["plan", "-f", str(path), "--backend", "gcp"], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    assert "gcp:tpu/v2Vm:V2Vm tpu" in result.output
+    assert "TPU: v5litepod-8" in result.output
+    assert "TPU runtime: v2-alpha-tpuv5-lite" in result.output
+
+
+def test_azure_backend(task_file: Path) -> None:
+    result = runner.invoke(app, ["plan", "-f", str(task_file), "-b", "azure"], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    assert "azure-native:compute:VirtualMachine train-0" in result.output
+    assert "instance type: Standard_ND96isr_H100_v5" in result.output
+
+
+def test_unknown_backend_is_refused_by_the_option(task_file: Path) -> None:
+    result = runner.invoke(app, ["plan", "-f", str(task_file), "--backend", "oci"])
+
+    assert result.exit_code == 2
+    assert "oci" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-f", "missing.dstack.yml"], "error: missing.dstack.yml: no such file"),
+        (["-f", "{task}", "--name", "Bad_Name"], "error: run name `Bad_Name` is not usable"),
+    ],
+)
+def test_errors_are_one_red_line_and_exit_1(
+    args: list[str],
+    message: str,
+    task_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(task_file.parent)
+    argv = [arg.replace("{task}", str(task_file)) for arg in args]
+    monkeypatch.setattr(sys, "argv", ["dstack", "plan", *argv])
+
+    with pytest.raises(SystemExit) as exited:
+        main()
+
+    captured = capsys.readouterr()
+    assert exited.value.code == 1
+    assert captured.out == ""
+    assert captured.err.startswith(message), captured.err
+    assert "Traceback" not in captured.err
