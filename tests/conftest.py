@@ -10,7 +10,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
 # One moto server for the whole session, and Terraform set up offline (tests/testbed/).
-pytest_plugins = ["tests.testbed.moto", "tests.testbed.terraform"]
+pytest_plugins = ["tests.testbed.moto", "tests.testbed.terraform", "tests.testbed.hosts"]
 
 
 @pytest.fixture(autouse=True)
