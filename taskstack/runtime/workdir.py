@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taskstack.errors import RunError
+from taskstack.home import taskstack_home
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ def write_snapshot(root: Path, archive: Path) -> Snapshot:
     with tarfile.open(archive, "w") as tar:
         for path in paths:
             info = tar.gettarinfo(str(root / path), arcname=path)
+            if info.issym() and not _inside(root, root / path):
+                # A node has no such target; extracting it would be refused as unsafe.
+                log.warning("snapshot: skipping %s, a link to outside %s", path, root)
+                continue
             if info.isreg():
                 with open(root / path, "rb") as handle:
                     tar.addfile(info, handle)
@@ -95,7 +100,10 @@ def extract_snapshot(archive: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "r") as tar:
         # The "data" filter rejects absolute paths, `..` and links pointing outside `dest`.
-        tar.extractall(dest, filter="data")
+        try:
+            tar.extractall(dest, filter="data")
+        except tarfile.FilterError as exc:
+            raise RunError(f"the working-directory snapshot holds an unsafe entry: {exc}") from exc
 
 
 def _git(cwd: Path, *args: str) -> str | None:
@@ -114,8 +122,10 @@ def _git(cwd: Path, *args: str) -> str | None:
 def _walk(root: Path) -> list[str]:
     paths: list[str] = []
     size = 0
+    # The state folder may sit inside the directory (TASKSTACK_HOME=./state); never ship it.
+    state = taskstack_home().resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve() != state)
         base = Path(dirpath).relative_to(root)
         paths.extend(str(base / name) for name in sorted(filenames))
         # Links to directories are not followed by os.walk; keep them as links.
@@ -128,6 +138,12 @@ def _walk(root: Path) -> list[str]:
                 f"repository or a smaller directory"
             )
     return paths
+
+
+def _inside(root: Path, link: Path) -> bool:
+    """Whether a symbolic link resolves to a path inside `root`."""
+    target = Path(os.path.normpath(link.parent / os.readlink(link)))
+    return target.is_relative_to(root.resolve()) or target.is_relative_to(root)
 
 
 def _size(path: Path) -> int:

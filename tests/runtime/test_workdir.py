@@ -101,3 +101,44 @@ def test_a_huge_plain_directory_is_refused(tmp_path: Path, monkeypatch) -> None:
 
     with pytest.raises(RunError, match=r"is not a git repository and holds more than 3 files"):
         list_files(tmp_path)
+
+
+def test_links_out_of_the_directory_are_left_out(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    root.mkdir()
+    (root / "data.txt").write_text("kept\n")
+    (root / "inside").symlink_to("data.txt")
+    (root / "outside").symlink_to("/usr/bin/env")
+    archive = tmp_path / "snap.tar"
+
+    write_snapshot(root, archive)
+    extract_snapshot(archive, tmp_path / "node")
+
+    assert (tmp_path / "node" / "inside").read_text() == "kept\n"
+    assert not (tmp_path / "node" / "outside").exists()
+
+
+def test_the_state_folder_inside_the_directory_is_not_shipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "plain"
+    (root / "state" / "runs").mkdir(parents=True)
+    (root / "state" / "runs" / "record.json").write_text("{}")
+    (root / "task.py").write_text("print()\n")
+    monkeypatch.setenv("TASKSTACK_HOME", str(root / "state"))
+
+    paths, _ = list_files(root)
+
+    assert paths == ["task.py"]
+
+
+def test_an_unsafe_archive_is_one_clear_error(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("escape")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tar.addfile(info)
+
+    with pytest.raises(RunError, match="unsafe entry"):
+        extract_snapshot(archive, tmp_path / "node")
