@@ -50,6 +50,7 @@ class NodeRecord(BaseModel):
     rank: int
     address: str
     pgid: int | None = None
+    instance_id: str | None = None
     exit_code: int | None = None
 
 
@@ -74,7 +75,9 @@ class RunRecord(BaseModel):
     nodes: list[NodeRecord] = []
     exit_status: int | None = None
     engine: str | None = None
+    """The IaC engine of a cloud run; None on the local backend."""
     stack: str | None = None
+    """The run's stack in that engine's state backend; None once it is destroyed."""
 
     @property
     def active(self) -> bool:
@@ -92,7 +95,14 @@ def log_path(name: str) -> Path:
 
 
 def new_record(
-    *, name: str, run_id: str, backend: str, config_path: str, nodes_num: int
+    *,
+    name: str,
+    run_id: str,
+    backend: str,
+    config_path: str,
+    nodes_num: int,
+    engine: str | None = None,
+    stack: str | None = None,
 ) -> RunRecord:
     """A fresh `submitted` record owned by this process; `create_record` stores it."""
     return RunRecord(
@@ -104,6 +114,8 @@ def new_record(
         nodes_num=nodes_num,
         apply_pid=os.getpid(),
         apply_started=_process_start(os.getpid()),
+        engine=engine,
+        stack=stack,
     )
 
 
@@ -125,6 +137,13 @@ def create_record(record: RunRecord) -> RunRecord:
         (folder / LOG_FILE).write_bytes(b"")
         save_record(record)
     return record
+
+
+def remove_run(name: str) -> None:
+    """Forget run `name` entirely: its record and log (a run that never started)."""
+    import shutil
+
+    shutil.rmtree(run_dir(name), ignore_errors=True)
 
 
 def save_record(record: RunRecord) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,6 +15,13 @@ if TYPE_CHECKING:
     from taskstack.apply import ApplyEvent, RunPlan
 
 _SHOWN_OFFERS = 3
+
+
+class EngineChoice(StrEnum):
+    """The IaC engines a cloud run can use."""
+
+    pulumi = "pulumi"
+    terraform = "terraform"
 
 
 @app.command()
@@ -31,17 +39,34 @@ def apply(
         typer.Option("--port", "-p", help="`LOCAL:CONTAINER` publishes a task port elsewhere."),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="The run name.")] = None,
+    engine: Annotated[
+        EngineChoice | None,
+        typer.Option("--engine", help="The IaC engine of a cloud run (default: the settings')."),
+    ] = None,
 ) -> None:
-    """Run a task: show the plan, ask, stream the logs, exit with the task's exit status."""
+    """Run a task: show the plan and what it creates, ask, stream the logs, destroy, exit
+    with the task's exit status."""
     from taskstack.apply import execute_run, plan_run
 
-    plan = plan_run(file, cli_env=env or [], ports=port or [], name=name)
+    plan = plan_run(
+        file,
+        cli_env=env or [],
+        ports=port or [],
+        name=name,
+        engine=engine.value if engine else None,
+    )
     console.print(run_plan_table(plan))
-    if not yes and not _confirm(f"Submit the run [bold]{plan.name}[/bold]?"):
-        err_console.print("[yellow]not submitted[/yellow]")
-        sys.exit(1)
 
-    result = execute_run(plan, on_event=_EventPrinter(nodes=plan.nodes_num))
+    def confirm(_preview: object) -> bool:
+        return _confirm(f"Submit the run [bold]{plan.name}[/bold]?")
+
+    printer = _EventPrinter(nodes=plan.nodes_num)
+    try:
+        result = execute_run(plan, on_event=printer, confirm=None if yes else confirm)
+    finally:
+        printer.close()
+    if result.status == "declined":
+        err_console.print("[yellow]not submitted[/yellow]")
     # sys.exit, not typer.Exit: `main()` runs typer with standalone_mode=False, where
     # click turns typer.Exit into a return value and the exit status would be lost.
     sys.exit(result.exit_status)
@@ -77,7 +102,16 @@ def _plan_rows(plan: RunPlan, task: Any) -> list[tuple[str, str]]:
         ("Retry", _retry(getattr(task, "retry", None))),
         ("Max duration", _duration(plan.spec.max_duration)),
         ("Backend", plan.backend),
+        *([("Engine", _engine(plan))] if plan.backend != "local" else []),
     ]
+
+
+def _engine(plan: RunPlan) -> str:
+    if plan.engine is not None:
+        return plan.engine
+    from taskstack.settings import load_settings
+
+    return load_settings().engine
 
 
 def _resources(task: Any) -> str:
@@ -113,6 +147,32 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
+def stack_preview_tree(preview: Any) -> Any:
+    """The engine's preview: one branch per resource with its action, then counts by type."""
+    from rich.text import Text
+    from rich.tree import Tree
+
+    tree = Tree(
+        Text.assemble(("Stack ", "bold"), (preview.run_name, "bold"), f" ({preview.engine})")
+    )
+    for resource in preview.resources:
+        # Text, not markup: resource names may hold brackets (`aws_instance.node[0]`).
+        tree.add(
+            Text.assemble(
+                (f"{resource.action} ", "green"), (resource.type, "cyan"), " ", resource.name
+            )
+        )
+    counts = ", ".join(f"{count} {kind}" for kind, count in preview.counts.items())
+    tree.add(Text(f"{len(preview.resources)} resources: {counts or 'none'}", style="bold"))
+    return tree
+
+
+def _past(action: str | None) -> str:
+    return {"create": "created", "delete": "destroyed", "update": "updated"}.get(
+        action or "", action or "done"
+    )
+
+
 def _confirm(question: str) -> bool:
     from rich.prompt import Confirm
 
@@ -123,19 +183,45 @@ def _confirm(question: str) -> bool:
 
 
 class _EventPrinter:
-    """Renders the run's events: log lines (prefixed by rank on multi-node runs), status."""
+    """Renders the run's events: the stack preview, the engine's progress as a live status,
+    log lines (prefixed by rank on multi-node runs), and how the run ended."""
 
     def __init__(self, *, nodes: int) -> None:
         self.nodes = nodes
+        self._status: Any = None
+
+    def close(self) -> None:
+        """Stop the live status, if one is showing."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
 
     def __call__(self, event: ApplyEvent) -> None:
         from taskstack import apply
         from taskstack.runtime import job
+        from taskstack.stacks.engine import EngineEvent
 
         if isinstance(event, job.LogLine):
             self._line(event)
+        elif isinstance(event, EngineEvent):
+            self._engine_event(event)
+        elif isinstance(event, apply.Previewed) and event.preview.stack is not None:
+            self.close()
+            console.print(stack_preview_tree(event.preview.stack))
+        elif isinstance(event, apply.StepStarted) and event.step == "preview":
+            if event.detail in ("pulumi", "terraform"):
+                self._show(f"Previewing the stack with {event.detail}...")
         elif isinstance(event, apply.StepStarted) and event.step == "provision":
             console.print(f"[dim]Provisioning: {event.detail}[/dim]", highlight=False)
+            if self._cloud(event.detail):
+                self._show("Creating the stack...")
+        elif isinstance(event, apply.NodesUp):
+            self.close()
+            if any(node.instance_id for node in event.nodes):
+                addresses = ", ".join(f"{n.rank}: {n.address}" for n in event.nodes)
+                console.print(f"[dim]Nodes up ({addresses}); connecting...[/dim]")
+        elif isinstance(event, apply.StepStarted) and event.step == "teardown":
+            self._show("Tearing down...")
         elif isinstance(event, apply.StepStarted) and event.step == "stop":
             err_console.print(f"[yellow]Stopping the run ({event.detail})...[/yellow]")
         elif isinstance(event, job.PortsForwarded):
@@ -146,7 +232,34 @@ class _EventPrinter:
         elif isinstance(event, job.NodeExited) and event.exit_code != 0 and self.nodes > 1:
             err_console.print(f"[red]node {event.rank} exited with {event.exit_code}[/red]")
         elif isinstance(event, apply.RunFinished):
+            self.close()
             self._finished(event.result)
+
+    def _show(self, text: str) -> None:
+        if self._status is None:
+            self._status = console.status(text)
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    @staticmethod
+    def _cloud(detail: str) -> bool:
+        return " via pulumi" in detail or " via terraform" in detail
+
+    def _engine_event(self, event: Any) -> None:
+        """A resource finished or failed: one line; in between, the live status says what
+        the engine is working on."""
+        if event.kind != "resource":
+            if event.kind == "diagnostic":
+                err_console.print(f"[yellow]{event.message}[/yellow]", highlight=False)
+            return
+        name = event.resource_name or event.resource_type or "resource"
+        if event.status == "started":
+            self._show(f"{event.action or 'working on'}: {name}")
+        elif event.status == "done":
+            console.print(f"  [green]✓[/green] {name} {_past(event.action)}", highlight=False)
+        elif event.status == "failed":
+            console.print(f"  [red]✗[/red] {name} {event.action or ''} failed", highlight=False)
 
     def _line(self, event: Any) -> None:
         from rich.text import Text

@@ -1,4 +1,8 @@
-"""`dstack ps`, `dstack logs`, `dstack stop`: the runs this machine applied, from their records."""
+"""`dstack ps`, `dstack logs`, `dstack stop`, `dstack destroy`: runs and the stacks they left.
+
+Runs come from this machine's records; stacks from the engines' state backends, so a stack
+left by a crashed apply (or made on another machine) shows up and can be destroyed.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from taskstack.cli.app import app, console
+from taskstack.cli.app import app, console, err_console
 
 _STATUS_COLOURS = {
     "done": "green",
@@ -25,25 +29,44 @@ def ps(
         bool, typer.Option("--all", "-a", help="Show finished runs too, not only active ones.")
     ] = False,
 ) -> None:
-    """List the runs: active ones, or all with `-a`, newest first."""
+    """List the runs: active ones, or all with `-a`, newest first; stacks that no apply looks
+    after any more (left by a crash) are always listed, marked `stack left`."""
     from rich.table import Table
 
     from taskstack import records
+    from taskstack.provision import find_stacks
 
+    listing = find_stacks()
+    left = {stack.name: stack for stack in listing.stacks if stack.leftover}
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("NAME", "BACKEND", "NODES", "STATUS", "SUBMITTED", "EXIT"):
         table.add_column(column)
-    for record in records.list_records(include_finished=all_runs):
+    for record in records.list_records(include_finished=True):
+        if not (all_runs or record.active or record.name in left):
+            continue
         colour = _STATUS_COLOURS.get(record.status, "yellow")
+        status = f"[{colour}]{record.status}[/{colour}]"
+        if left.pop(record.name, None) is not None:
+            status += " [bold red]stack left[/bold red]"
         table.add_row(
             record.name,
             record.backend,
             str(record.nodes_num),
-            f"[{colour}]{record.status}[/{colour}]",
+            status,
             _age(records.age_seconds(record)),
             "" if record.exit_status is None else str(record.exit_status),
         )
+    for stack in left.values():
+        table.add_row(stack.name, f"({stack.engine})", "", "[bold red]stack left[/bold red]")
     console.print(table)
+
+    if any(stack.leftover for stack in listing.stacks):
+        err_console.print(
+            "[yellow]A stack left behind may still cost money: "
+            "`dstack destroy NAME` removes it.[/yellow]"
+        )
+    for reason in listing.unreachable:
+        err_console.print(f"[yellow]stacks not listed: {reason}[/yellow]", highlight=False)
 
 
 @app.command()
@@ -73,6 +96,26 @@ def stop(
         sys.exit(1)
     record = stop_run(run)
     console.print(f"Run [bold]{record.name}[/bold] {record.status}", highlight=False)
+
+
+@app.command()
+def destroy(
+    run: Annotated[str, typer.Argument(help="The run (or stack) name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Destroy the stack of a cloud run that no apply looks after (e.g. after a crash).
+
+    Works from the run's record alone; a stack that is already gone is not an error.
+    """
+    from rich.prompt import Confirm
+
+    from taskstack.provision import destroy_run
+
+    if not yes and not Confirm.ask(f"Destroy the stack of [bold]{run}[/bold]?", console=console):
+        sys.exit(1)
+    with console.status(f"Destroying the stack of {run}...") as status:
+        destroy_run(run, on_event=lambda event: status.update(event.message))
+    console.print(f"Stack of [bold]{run}[/bold] destroyed", highlight=False)
 
 
 def _age(seconds: float) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import taskstack.cli.apply  # noqa: F401  (registers the commands)
@@ -122,3 +125,139 @@ def _wait_for(condition, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+_KILLED_CLOUD_APPLY = """
+import sys
+from pathlib import Path
+
+import taskstack.stacks.engine as engines
+from tests.testbed.fake_engine import FakeEngine
+
+# The settings choose terraform; this process gets an engine that hangs in `up`.
+engines.engine_for = lambda settings, name=None: FakeEngine(hang_up=True)
+
+from taskstack import apply
+
+plan = apply.plan_run(Path(sys.argv[1]), cwd=Path(sys.argv[1]).parent, environ={})
+apply.execute_run(plan, on_event=lambda event: None)
+"""
+
+
+@pytest.fixture
+def fake_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """AWS configured with the terraform engine, served by `FakeEngine` (stacks as files)."""
+    import taskstack.stacks.engine as engines
+    from tests.testbed.catalogs import cpu_catalog
+    from tests.testbed.fake_engine import FakeEngine
+
+    monkeypatch.setenv("TASKSTACK_CATALOG", str(cpu_catalog(tmp_path / "catalog")))
+    monkeypatch.setenv("TASKSTACK_BACKENDS", "aws")
+    monkeypatch.setenv("TASKSTACK_ENGINE", "terraform")
+    monkeypatch.setattr(engines, "engine_for", lambda settings, name=None: FakeEngine())
+    return tmp_path
+
+
+def _kill_cloud_apply_in_up(folder: Path, name: str) -> None:
+    path = folder / "task.dstack.yml"
+    path.write_text(f"type: task\nname: {name}\nimage: busybox\ncommands: [echo hi]\n")
+    runner = subprocess.Popen([sys.executable, "-c", _KILLED_CLOUD_APPLY, str(path)], cwd=REPO)
+    try:
+        _wait_for(lambda: runner.poll() is not None or "up" in _fake_calls(name))
+        assert runner.poll() is None, "the apply ended before it reached `up`"
+    finally:
+        runner.kill()  # SIGKILL: the apply cannot destroy what it was creating
+        runner.wait()
+
+
+def test_a_stack_left_by_a_killed_apply_is_listed_and_destroyed(fake_cloud: Path) -> None:
+    from tests.testbed.fake_engine import FakeEngine
+
+    _kill_cloud_apply_in_up(fake_cloud, "crashed-1")
+
+    listed = CliRunner().invoke(app, ["ps"])
+    destroyed = CliRunner().invoke(app, ["destroy", "crashed-1", "-y"])
+    again = CliRunner().invoke(app, ["destroy", "crashed-1", "-y"])
+    after = CliRunner().invoke(app, ["ps"])
+
+    row = next(line for line in listed.output.splitlines() if line.startswith("crashed-1"))
+    assert row.split()[:6] == ["crashed-1", "aws", "1", "aborted", "stack", "left"]
+    assert "`dstack destroy NAME` removes it" in listed.output
+    assert destroyed.exit_code == 0 and "Stack of crashed-1 destroyed" in destroyed.output
+    assert again.exit_code == 0  # already gone is success
+    assert FakeEngine().list_stacks() == []
+    assert "crashed-1" not in after.output and "stack left" not in after.output
+    record = records.load_record("crashed-1")
+    assert (record.engine, record.stack) == ("terraform", None)
+
+
+def test_a_stack_without_a_record_is_listed_and_destroyed(fake_cloud: Path) -> None:
+    from tests.testbed.fake_engine import FakeEngine
+    from tests.testbed.plans import aws_plan
+
+    FakeEngine().preview(aws_plan("elsewhere", nodes=1))
+
+    listed = CliRunner().invoke(app, ["ps"])
+    destroyed = CliRunner().invoke(app, ["destroy", "elsewhere", "-y"])
+    unknown = CliRunner().invoke(app, ["destroy", "nowhere", "-y"])
+
+    assert any(
+        line.split() == ["elsewhere", "(terraform)", "stack", "left"]
+        for line in listed.output.splitlines()
+    )
+    assert destroyed.exit_code == 0
+    assert FakeEngine().list_stacks() == []
+    assert unknown.exit_code == 1
+    assert "no run or stack named nowhere" in str(unknown.exception)
+
+
+def test_destroy_refuses_a_local_run(tmp_path: Path) -> None:
+    _apply(tmp_path, "type: task\nname: here-1\ncommands: [echo hi]\n")
+
+    done = CliRunner().invoke(app, ["destroy", "here-1", "-y"])
+
+    assert done.exit_code == 1
+    assert "ran on the local backend" in str(done.exception)
+
+
+def _fake_calls(name: str) -> list[str]:
+    import json
+
+    from taskstack.home import taskstack_home
+
+    state = taskstack_home() / "fake-engine" / f"{name}.json"
+    return json.loads(state.read_text())["calls"] if state.exists() else []
+
+
+def test_apply_on_a_cloud_shows_the_stack_before_asking(fake_cloud: Path) -> None:
+    from tests.testbed.fake_engine import FakeEngine
+
+    path = fake_cloud / "task.dstack.yml"
+    path.write_text("type: task\nname: asked-2\nnodes: 2\nimage: busybox\ncommands: [echo hi]\n")
+
+    declined = CliRunner().invoke(
+        app, ["apply", "-f", str(path), "--engine", "terraform"], input="n\n"
+    )
+
+    assert declined.exit_code == 1
+    before_prompt = declined.output.split("Submit the run asked-2?")[0]
+    assert "Stack asked-2 (terraform)" in before_prompt
+    assert re.search(r"^Engine +terraform", before_prompt, re.MULTILINE)
+    assert "create fake_instance asked-2-1" in before_prompt
+    assert "3 resources: 1 fake_network, 2 fake_instance" in before_prompt
+    assert FakeEngine().list_stacks() == []
+    assert not records.run_dir("asked-2").exists()
+
+
+def test_stop_of_a_cloud_run_whose_apply_died_destroys_its_stack(fake_cloud: Path) -> None:
+    from tests.testbed.fake_engine import FakeEngine
+
+    _kill_cloud_apply_in_up(fake_cloud, "crashed-2")
+    assert FakeEngine().list_stacks() == ["crashed-2"]
+
+    stopped = CliRunner().invoke(app, ["stop", "crashed-2", "-y"])
+
+    assert stopped.exit_code == 0, stopped.output
+    assert FakeEngine().list_stacks() == []
+    record = records.load_record("crashed-2")
+    assert (record.status, record.stack) == ("terminated", None)

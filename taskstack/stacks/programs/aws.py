@@ -16,20 +16,8 @@ import pulumi_aws as aws
 
 from taskstack.compiler.plan import ClusterPlan
 from taskstack.stacks.cloudinit import user_data
+from taskstack.stacks.images import aws_image_lookup
 from taskstack.stacks.programs import NODES_OUTPUT
-
-# Deep Learning Base OSS Nvidia Driver GPU AMIs come with the driver, Docker and the NVIDIA
-# container toolkit; Canonical publishes the plain Ubuntu images.
-_AMAZON = "amazon"
-_CANONICAL = "099720109477"
-_GPU_AMI = {
-    "x86_64": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
-    "arm64": "Deep Learning ARM64 Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
-}
-_UBUNTU_AMI = {
-    "x86_64": "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
-    "arm64": "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-arm64-server-*",
-}
 
 
 @dataclass(frozen=True)
@@ -213,12 +201,11 @@ def _efa_launch_template(
 def _ami(plan: ClusterPlan) -> pulumi.Input[str]:
     if plan.image:
         return plan.image
-    owners, pattern = (
-        ([_AMAZON], _GPU_AMI[plan.arch]) if plan.nvidia else ([_CANONICAL], _UBUNTU_AMI[plan.arch])
-    )
+    # The same owner and pattern as the Terraform renderer's `data "aws_ami"` block.
+    owner, pattern = aws_image_lookup(plan)
     return aws.ec2.get_ami_output(
         most_recent=True,
-        owners=owners,
+        owners=[owner],
         filters=[
             aws.ec2.GetAmiFilterArgs(name="name", values=[pattern]),
             aws.ec2.GetAmiFilterArgs(name="architecture", values=[plan.arch]),
