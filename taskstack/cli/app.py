@@ -54,16 +54,13 @@ def main() -> None:
     except typer.Abort:
         err_console.print("[yellow]aborted[/yellow]")
         sys.exit(130)
-    except _click_exceptions() as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:
+        # Usage errors (an unknown command or option): typer's own one-line message.
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def _click_exceptions() -> type[Exception]:
-    import click
-
-    return click.ClickException
 
 
 def _setup_logging(*, verbose: bool) -> None:

@@ -16,7 +16,7 @@ class Node(_Frozen):
 
     rank: int
     address: str
-    """Where taskstack connects: the public address, or the private one with `public_ips: false`."""
+    """Where taskstack connects: the public address, or the private one (`public_ips: false`)."""
     private_ip: str
     """What the other nodes use (`DSTACK_NODES_IPS`, `DSTACK_MASTER_NODE_IP`)."""
     user: str = "root"
