@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+_MEASURE = Path(__file__).with_name("measure.py")
 
 
 class NotMeasured(Exception):
@@ -30,22 +35,25 @@ def median_seconds(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 1) -
 def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None) -> tuple[float, int]:
     """Run one command; return its wall time in seconds and its peak RSS in MiB.
 
-    The peak comes from `wait4`'s rusage of that child alone, so children measured one
-    after another do not mix.
+    The command is started by `measure.py`, a small process of its own, so its peak RSS
+    does not include the memory of this benchmark process (see measure.py).
     """
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        list(argv),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    done = subprocess.run(
+        [sys.executable, "-S", str(_MEASURE), *argv],
+        capture_output=True,
         env={**os.environ, **(env or {})},
+        check=False,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    try:
+        result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise RuntimeError(
+            f"{argv[0]} could not be measured: {done.stderr.decode()[-400:]}"
+        ) from exc
+    if result["exit"] != 0:
+        stderr = done.stderr.decode(errors="replace")
         raise RuntimeError(f"{argv[0]} failed: {stderr.strip()[-400:]}")
-    return elapsed, usage.ru_maxrss // 1024
+    return result["seconds"], round(result["peak_mib"])
 
 
 def row(

@@ -11,12 +11,18 @@ groups on this machine (`LocalProvisioner`); on a cloud, `provision.CloudProvisi
 previews, brings up and destroys a stack and returns its `Node`s, and the rest of the
 lifecycle stays the same. The preview comes before the caller's `confirm`, so what the
 person approves is what the engine then creates; declining removes what the preview left.
+
+`retry.on_events` starts over within `retry.duration` (see `_Run`), each attempt announced
+by `AttemptStarted` and counted in the result and the record. The first Ctrl+C in any
+phase stops the nodes and destroys the stack (exit 130); a second one only reports what is
+still alive (`StillAlive`) and the command that removes it, and the teardown goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -25,15 +31,23 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from taskstack import records
-from taskstack.errors import ConfigError, EngineMissingError, OffersError, RunError
+from taskstack.errors import (
+    ConfigError,
+    EngineMissingError,
+    NoCapacityError,
+    NodeLostError,
+    OffersError,
+    RunError,
+)
 from taskstack.records import RunRecord, RunStatus
 from taskstack.runtime import job
 from taskstack.runtime.job import JobEvent, JobResult, LogLine, NodeStarted, Transport
@@ -84,13 +98,42 @@ class NodesUp:
 
 
 @dataclass(frozen=True)
+class AttemptStarted:
+    """`retry` starts attempt `number` (2, 3, ...) after `event` (`no-capacity`,
+    `interruption` or `error`); `reason` says what happened to the previous attempt."""
+
+    number: int
+    event: RetryEvent
+    reason: str
+
+
+@dataclass(frozen=True)
+class StillAlive:
+    """A second Ctrl+C while the run is being torn down: what still exists, and the command
+    that removes it if this process is killed before it is done."""
+
+    alive: str
+    command: str
+
+
+@dataclass(frozen=True)
 class RunFinished:
     """The run ended and its record says so."""
 
     result: RunResult
 
 
-ApplyEvent = StepStarted | Previewed | NodesUp | RunFinished | JobEvent | EngineEvent
+ApplyEvent = (
+    StepStarted
+    | Previewed
+    | NodesUp
+    | AttemptStarted
+    | StillAlive
+    | RunFinished
+    | JobEvent
+    | EngineEvent
+)
+RetryEvent = Literal["no-capacity", "interruption", "error"]
 OnApplyEvent = Callable[[ApplyEvent], None]
 
 
@@ -128,6 +171,8 @@ class RunResult:
     exit_status: int
     reason: str = ""
     exit_codes: dict[int, int] = field(default_factory=dict)
+    attempts: int = 1
+    """How many times the run was provisioned or rerun (`retry`); 1 without a retry."""
 
 
 OnEngineEvent = Callable[[EngineEvent], None]
@@ -227,10 +272,16 @@ def provisioner_for(plan: RunPlan) -> Provisioner:
     """The provisioner of the plan's backend: this machine, or a stack on a cloud."""
     if plan.backend == "local":
         return LocalProvisioner()
-    from taskstack.provision import CloudProvisioner
+    from taskstack.provision import CloudProvisioner, machine_image
     from taskstack.settings import load_settings
 
-    return CloudProvisioner(load_settings(), backend=plan.backend, engine_name=plan.engine)
+    settings = load_settings()
+    return CloudProvisioner(
+        settings,
+        backend=plan.backend,
+        engine_name=plan.engine,
+        image=machine_image(settings, plan.backend),
+    )
 
 
 def execute_run(
@@ -469,7 +520,8 @@ def _discard(
     try:
         # Without its engine the preview created nothing, and destroy could not run either.
         if not isinstance(reason, EngineMissingError):
-            asyncio.run(provisioner.destroy(plan, on_event))
+            with _interrupts_say_what_is_alive(plan, record, on_event):
+                asyncio.run(provisioner.destroy(plan, on_event))
     except Exception as exc:
         log.warning("run %s: removing its preview failed: %s", plan.name, exc)
         records.finish(
@@ -491,8 +543,32 @@ def _discard(
     )
 
 
+@contextlib.contextmanager
+def _interrupts_say_what_is_alive(
+    plan: RunPlan, record: RunRecord, on_event: OnApplyEvent
+) -> Iterator[None]:
+    """While the preview is removed, Ctrl+C says what is still alive instead of cutting the
+    removal short (which would leave the stack behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; nothing to catch here
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: on_event(still_alive(plan, record)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Run:
-    """One execution of a plan: provision, run, tear down, and keep the record current."""
+    """One execution of a plan: provision, run, retry, tear down; the record stays current.
+
+    `retry.on_events` decides what starts over, within `retry.duration` of the start:
+    `no-capacity` (an `up` the cloud refused) destroys what `up` left and provisions the
+    next offer; `interruption` (a node lost mid-run) destroys the stack and provisions it
+    again; `error` (a node exited non-zero) reruns the job on the same nodes, after a
+    backoff. On the local backend no node can be lost: a node killed from outside exits
+    with its signal and counts as an `error`.
+    """
 
     def __init__(
         self,
@@ -507,9 +583,13 @@ class _Run:
         self.provisioner = provisioner
         self.on_event = on_event
         self.preview = preview
+        self.retry = _RetryPolicy.of(plan.task)
+        self.attempt = 1
         self.stop_reason: tuple[RunStatus, str] | None = None
         self._tearing_down = False
         self._log: IO[str] | None = None
+        self._job_deadline: float | None = None
+        self._offers_tried = 1
 
     async def execute(self) -> RunResult:
         # Our handlers stay until the teardown is over: a Ctrl+C then must not cut it short.
@@ -523,10 +603,10 @@ class _Run:
                 # Handled: the teardown's own awaits must not see a pending cancellation.
                 _uncancel()
                 status, reason = self.stop_reason or ("interrupted", "interrupted")
-                result = _result(self.plan.name, status=status, reason=reason, job=None)
+                result = self._result(status=status, reason=reason, job=None)
             except Exception as exc:
                 failure = exc
-                result = _result(self.plan.name, status="failed", reason=str(exc), job=None)
+                result = self._result(status="failed", reason=str(exc), job=None)
 
             self._tearing_down = True
             try:
@@ -534,8 +614,7 @@ class _Run:
             except Exception as exc:
                 # Something of the stack outlives the run: the record says how to remove it.
                 failure = failure or exc
-                result = _result(
-                    self.plan.name,
+                result = self._result(
                     status="failed",
                     reason=f"{exc}; remove what is left with `dstack destroy {self.plan.name}`",
                     job=None,
@@ -550,6 +629,25 @@ class _Run:
         return result
 
     async def _provision_and_run(self) -> RunResult:
+        """Provision and run until an outcome `retry` does not start over."""
+        while True:
+            try:
+                return await self._run_on_new_nodes()
+            except (NoCapacityError, NodeLostError) as exc:
+                event: RetryEvent = (
+                    "no-capacity" if isinstance(exc, NoCapacityError) else "interruption"
+                )
+                if not self.retry.allows(event):
+                    if event == "interruption":
+                        return self._result(
+                            status="interrupted", reason=self._why(exc, event), job=None
+                        )
+                    if event in self.retry.on_events:
+                        raise type(exc)(self._why(exc, event)) from exc
+                    raise
+                await self._start_over(event, exc)
+
+    async def _run_on_new_nodes(self) -> RunResult:
         self._set_status("provisioning")
         self.on_event(StepStarted(step="provision", detail=self.preview.summary))
         nodes = await self.provisioner.up(self.plan, self.on_event)
@@ -559,11 +657,82 @@ class _Run:
         transports = await self.provisioner.transports(self.plan, nodes)
         snapshot = await asyncio.to_thread(self._snapshot)
 
-        self.on_event(StepStarted(step="run", detail=self.plan.name))
-        outcome = await job.run_job(
-            self.plan.spec, nodes, transports, self._on_job_event, snapshot=snapshot
+        while True:
+            self.on_event(StepStarted(step="run", detail=self.plan.name))
+            outcome = await job.run_job(
+                self._spec(), nodes, transports, self._on_job_event, snapshot=snapshot
+            )
+            backoff = _rerun_backoff(self.attempt)
+            if outcome.status != "failed" or not self._may_rerun(backoff):
+                reason = outcome.reason
+                if outcome.status == "failed":
+                    reason = self._why(RunError(reason), "error")
+                return self._result(status=outcome.status, reason=reason, job=outcome)
+
+            await asyncio.sleep(backoff)
+            self._next_attempt("error", outcome.reason)
+            transports = await self.provisioner.transports(self.plan, nodes)
+
+    async def _start_over(self, event: RetryEvent, exc: Exception) -> None:
+        """Destroy what the attempt left, pick the offer, preview again for the next one."""
+        log.info("run %s: %s (%s); starting over", self.plan.name, event, exc)
+        self.on_event(StepStarted(step="teardown", detail=f"{event}: {exc}"))
+        await self.provisioner.destroy(self.plan, self.on_event)
+        if event == "no-capacity":
+            await self._next_offer()
+        self._next_attempt(event, str(exc))
+        self.preview = await asyncio.to_thread(
+            _preview, self.plan, self.provisioner, self.on_event
         )
-        return _result(self.plan.name, status=outcome.status, reason=outcome.reason, job=outcome)
+
+    async def _next_offer(self) -> None:
+        """Move to the next offer; after the last one, wait and go round again."""
+        offers = self.plan.offers
+        rotated = (*offers[1:], offers[0])
+        self.plan = dataclasses.replace(
+            self.plan, offers=rotated, spec=_spec_for(self.plan, rotated[0])
+        )
+        if self._offers_tried % len(offers) == 0:
+            # Every offer refused: capacity comes back with time, not with asking again now.
+            await asyncio.sleep(min(_CAPACITY_WAIT_SECONDS, self.retry.remaining()))
+        self._offers_tried += 1
+
+    def _next_attempt(self, event: RetryEvent, reason: str) -> None:
+        self.attempt += 1
+        self.record = self.record.model_copy(update={"attempt": self.attempt})
+        records.save_record(self.record)
+        self.on_event(AttemptStarted(number=self.attempt, event=event, reason=reason))
+
+    def _may_rerun(self, backoff: float) -> bool:
+        """`error` reruns only while both `retry.duration` and `max_duration` leave time."""
+        if self._job_deadline is not None and time.monotonic() + backoff >= self._job_deadline:
+            return False
+        return self.retry.allows("error", delay=backoff)
+
+    def _spec(self) -> JobSpec:
+        """The job to run now: `max_duration` counts from the first start, not each rerun."""
+        spec = self.plan.spec
+        if spec.max_duration is None:
+            return spec
+        if self._job_deadline is None:
+            self._job_deadline = time.monotonic() + spec.max_duration
+            return spec
+        remaining = max(self._job_deadline - time.monotonic(), 0.0)
+        return spec.model_copy(update={"max_duration": remaining})
+
+    def _why(self, exc: Exception, event: RetryEvent) -> str:
+        """The outcome's reason, and why `retry` did not go on where it could have."""
+        reason = str(exc)
+        if event in self.retry.on_events:
+            reason += f"; retry.duration of {self.retry.duration:g}s passed"
+        return reason
+
+    def _result(self, *, status: RunStatus, reason: str, job: JobResult | None) -> RunResult:
+        result = _result(self.plan.name, status=status, reason=reason, job=job)
+        if status == "interrupted" and self.stop_reason is None:
+            # A lost node, not a Ctrl+C: an ordinary failure's exit status.
+            result = dataclasses.replace(result, exit_status=1)
+        return dataclasses.replace(result, attempts=self.attempt)
 
     def _snapshot(self) -> Path:
         from taskstack.runtime.workdir import write_snapshot
@@ -638,11 +807,14 @@ class _Run:
         assert main is not None
 
         def stop(status: RunStatus, reason: str) -> None:
-            # Once stopping or tearing down, further signals change nothing.
+            # Once stopping or tearing down, a further signal only says what is still alive:
+            # cutting the teardown short is what would leave resources behind.
             if self.stop_reason is None and not self._tearing_down:
                 self.stop_reason = (status, reason)
                 self.on_event(StepStarted(step="stop", detail=reason))
                 main.cancel()
+            else:
+                self.on_event(still_alive(self.plan, self.record))
 
         loop.add_signal_handler(signal.SIGINT, stop, "interrupted", "Ctrl+C")
         loop.add_signal_handler(signal.SIGHUP, stop, "interrupted", "the terminal closed")
@@ -652,6 +824,72 @@ class _Run:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+@dataclass(frozen=True)
+class _RetryPolicy:
+    """The task's `retry`: which events start over, and until when (monotonic seconds)."""
+
+    on_events: frozenset[str]
+    duration: float
+    deadline: float
+
+    @classmethod
+    def of(cls, task: Any) -> _RetryPolicy:
+        retry = getattr(task, "retry", None)
+        if retry is None:
+            return cls(on_events=frozenset(), duration=0.0, deadline=0.0)
+        duration = float(retry.duration)
+        return cls(
+            on_events=frozenset(retry.on_events),
+            duration=duration,
+            deadline=time.monotonic() + duration,
+        )
+
+    def allows(self, event: RetryEvent, *, delay: float = 0.0) -> bool:
+        """Whether `event` starts over now (after `delay` seconds) within `retry.duration`."""
+        return event in self.on_events and time.monotonic() + delay < self.deadline
+
+    def remaining(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
+
+
+_CAPACITY_WAIT_SECONDS = 60.0
+"""After every offer refused for capacity: the wait before asking the first one again."""
+_RERUN_FIRST_DELAY, _RERUN_MAX_DELAY = 1.0, 60.0
+
+
+def _rerun_backoff(attempt: int) -> float:
+    """Seconds before an `error` rerun: 1, 2, 4, ... up to a minute."""
+    return min(_RERUN_FIRST_DELAY * 2 ** (attempt - 1), _RERUN_MAX_DELAY)
+
+
+def _spec_for(plan: RunPlan, offer: Any) -> JobSpec:
+    """The plan's job on another offer: only the GPUs per node depend on the offer."""
+    gpus = int(getattr(offer, "gpu_count", 0) or 0)
+    return plan.spec.model_copy(
+        update={
+            "gpus_per_node": gpus,
+            "gpu_vendor": getattr(offer, "gpu_vendor", None) if gpus else None,
+        }
+    )
+
+
+def still_alive(plan: RunPlan, record: RunRecord) -> StillAlive:
+    """What of run `plan` may still exist while it is torn down, and what removes it."""
+    nodes = (
+        ", ".join(f"{node.rank}: {node.instance_id or node.address}" for node in record.nodes)
+        or "none up yet"
+    )
+    if record.engine:
+        return StillAlive(
+            alive=f"stack {plan.name} ({record.engine}; nodes {nodes}) is being destroyed",
+            command=f"dstack destroy {plan.name}",
+        )
+    return StillAlive(
+        alive=f"the processes of run {plan.name} (nodes {nodes}) are being stopped",
+        command=f"dstack stop {plan.name}",
+    )
 
 
 def _uncancel() -> None:

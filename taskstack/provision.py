@@ -17,10 +17,11 @@ the engines' state backends and destroyed from the run's record alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskstack import records
 from taskstack.errors import EngineMissingError, RunError, StackError
@@ -29,7 +30,7 @@ from taskstack.runtime.spec import Node
 
 if TYPE_CHECKING:
     from taskstack.apply import Preview, RunPlan
-    from taskstack.compiler.plan import ClusterPlan, NetworkPlan
+    from taskstack.compiler.plan import ClusterPlan
     from taskstack.runtime.job import Transport
     from taskstack.runtime.ssh import SSHPool
     from taskstack.settings import Settings
@@ -52,6 +53,14 @@ class MachineImage:
     ssh_user: str
 
 
+def machine_image(settings: Settings, backend: str) -> MachineImage | None:
+    """The image the settings name for `backend` (`aws.image`, `aws.ssh_user`), if any."""
+    aws = settings.backends.aws
+    if backend != "aws" or aws is None or aws.image is None:
+        return None
+    return MachineImage(image_id=aws.image, ssh_user=aws.ssh_user or "ubuntu")
+
+
 class CloudProvisioner:
     """Creates a run's nodes as a stack through an engine (implements `apply.Provisioner`).
 
@@ -60,6 +69,8 @@ class CloudProvisioner:
         engine: the engine itself; by default `engine_for(settings, engine_name)`.
         engine_name: `pulumi` or `terraform`; None takes the settings' engine.
         image: boot this image (and log in as its user) instead of the looked-up one.
+        lost_after_seconds: how long a running node may stay unreachable over SSH before
+            it counts as lost (`NodeLostError`, the `interruption` of `retry`).
     """
 
     def __init__(
@@ -70,15 +81,23 @@ class CloudProvisioner:
         engine: Engine | None = None,
         engine_name: str | None = None,
         image: MachineImage | None = None,
+        lost_after_seconds: float | None = None,
     ) -> None:
+        from taskstack.runtime import heartbeat
+        from taskstack.runtime.remote import LOST_AFTER_SECONDS
         from taskstack.stacks import engine as engines
 
         self.backend = backend
         self.settings = settings
         self.engine = engine or engines.engine_for(settings, engine_name)
         self.image = image
+        self.lost_after_seconds = lost_after_seconds or LOST_AFTER_SECONDS
         self._cluster: ClusterPlan | None = None
         self._pool: SSHPool | None = None
+        self._engine_busy: asyncio.Future[Any] | None = None
+        self.heartbeat_file = heartbeat.HEARTBEAT_FILE
+        self.heartbeat_seconds = heartbeat.HEARTBEAT_SECONDS
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @property
     def engine_name(self) -> str:
@@ -118,7 +137,7 @@ class CloudProvisioner:
             plan.offer,
             run_name=plan.name,
             ssh_public_key=key.public_key,
-            network=self._network(),
+            network=self.settings.network_plan(self.backend),
             image=self.image.image_id if self.image else None,
             project=self._gcp_project(),
         )
@@ -133,7 +152,7 @@ class CloudProvisioner:
         if self._cluster is None:
             raise StackError(f"run {plan.name} was not previewed; preview it before `up`")
         cluster = self._cluster
-        nodes = await asyncio.to_thread(self.engine.up, cluster, on_event)
+        nodes = await self._engine_call(self.engine.up, cluster, on_event)
         key_path = run_key_pair(plan.name).private_key_path
         return [node.model_copy(update={"key_path": key_path}) for node in nodes]
 
@@ -143,41 +162,62 @@ class CloudProvisioner:
         The transports share one pool, which pins each node's host key for the run and
         waits for sshd with backoff; `wait_for_docker` then waits for the engine.
         """
-        from taskstack.runtime.remote import RemoteTransport
+        from taskstack.runtime.heartbeat import keep_alive
+        from taskstack.runtime.remote import STOP_CONNECT_SECONDS, RemoteTransport
         from taskstack.runtime.ssh import HostKeys, SSHPool
 
-        self._pool = pool = SSHPool(host_keys=HostKeys.for_run(plan.name))
+        # A rerun on the same nodes (`retry: error`) keeps the pool and its connections.
+        pool = self._pool or SSHPool(host_keys=HostKeys.for_run(plan.name))
+        self._pool = pool
         await asyncio.gather(*(wait_for_docker(pool, node) for node in nodes))
+        if self._heartbeat is None:
+            # The nodes' dead man's switch (`stacks.cloudinit`) waits for these beats.
+            self._heartbeat = asyncio.create_task(
+                keep_alive(pool, nodes, path=self.heartbeat_file, interval=self.heartbeat_seconds)
+            )
         return [
-            RemoteTransport(node, pool=pool, run_name=plan.name, nodes=len(nodes))
+            RemoteTransport(
+                node,
+                pool=pool,
+                run_name=plan.name,
+                nodes=len(nodes),
+                lost_after_seconds=self.lost_after_seconds,
+                # A lost node must not hold the others' stop for longer than it took to lose.
+                stop_connect_seconds=min(STOP_CONNECT_SECONDS, self.lost_after_seconds),
+            )
             for node in nodes
         ]
 
     async def destroy(self, plan: RunPlan, on_event: OnEngineEvent | None = None) -> None:
-        """Close the SSH connections, destroy the stack, forget the run's keys."""
+        """Stop the heartbeat, close the SSH connections, destroy the stack, forget the keys."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
         if self._pool is not None:
             await self._pool.close()
-        await asyncio.to_thread(self.engine.destroy, plan.name, on_event)
+            self._pool = None
+        if self._engine_busy is not None and not self._engine_busy.done():
+            # An `up` cut short by Ctrl+C still runs: destroying beside it would race it.
+            with contextlib.suppress(Exception):
+                await self._engine_busy
+        await self._engine_call(self.engine.destroy, plan.name, on_event)
         forget_run_keys(plan.name)
+
+    async def _engine_call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run an engine call in a worker thread that a cancellation does not abandon.
+
+        The engine's process runs in its own session, so Ctrl+C does not kill it half-way;
+        the call goes on to its end, and `destroy` waits for it before it starts.
+        """
+        loop = asyncio.get_running_loop()
+        self._engine_busy = loop.run_in_executor(None, function, *args)
+        return await asyncio.shield(self._engine_busy)
 
     def _gcp_project(self) -> str | None:
         gcp = self.settings.backends.gcp
         return gcp.project if self.backend == "gcp" and gcp is not None else None
-
-    def _network(self) -> NetworkPlan | None:
-        from taskstack.compiler.plan import NetworkPlan
-
-        aws = self.settings.backends.aws
-        if self.backend != "aws" or aws is None:
-            return None
-        return NetworkPlan(
-            vpc_id=aws.vpc_id,
-            subnet_id=aws.subnet_id,
-            vpc_cidr=aws.vpc_cidr,
-            subnet_cidr=aws.subnet_cidr,
-            ssh_cidr=aws.ssh_cidr,
-            public_ips=aws.public_ips,
-        )
 
 
 DOCKER_DEADLINE_SECONDS = 900.0

@@ -78,6 +78,8 @@ class RunRecord(BaseModel):
     """The IaC engine of a cloud run; None on the local backend."""
     stack: str | None = None
     """The run's stack in that engine's state backend; None once it is destroyed."""
+    attempt: int = 1
+    """The attempt running now, or the last one: `retry` starts over with the next number."""
 
     @property
     def active(self) -> bool:

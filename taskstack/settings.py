@@ -14,7 +14,8 @@ at all:
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE,
     AWS_REGION (or AWS_DEFAULT_REGION), AWS_ENDPOINT_URL
     TASKSTACK_AWS_VPC_ID, TASKSTACK_AWS_SUBNET_ID, TASKSTACK_AWS_VPC_CIDR,
-    TASKSTACK_AWS_SUBNET_CIDR, TASKSTACK_AWS_SSH_CIDR, TASKSTACK_AWS_PUBLIC_IPS
+    TASKSTACK_AWS_SUBNET_CIDR, TASKSTACK_AWS_SSH_CIDR, TASKSTACK_AWS_PUBLIC_IPS,
+    TASKSTACK_AWS_IMAGE, TASKSTACK_AWS_SSH_USER
     GOOGLE_CLOUD_PROJECT, GOOGLE_APPLICATION_CREDENTIALS
     AZURE_SUBSCRIPTION_ID
 
@@ -30,13 +31,16 @@ import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from taskstack.errors import ConfigError
 from taskstack.home import taskstack_home
+
+if TYPE_CHECKING:
+    from taskstack.compiler.plan import NetworkPlan
 
 BackendName = Literal["aws", "gcp", "azure"]
 EngineName = Literal["pulumi", "terraform"]
@@ -62,6 +66,12 @@ class AwsSettings(_Settings):
     subnet_cidr: str = Field(default="10.200.0.0/24", description="CIDR of its subnet")
     ssh_cidr: str = Field(default="0.0.0.0/0", description="Who may reach the nodes over SSH")
     public_ips: bool = Field(default=True, description="False: connect to the private IPs")
+    image: str | None = Field(
+        default=None, description="An AMI to boot instead of the looked-up Ubuntu image"
+    )
+    ssh_user: str | None = Field(
+        default=None, description="The login user of `image` (e.g. `ec2-user`); `ubuntu` if unset"
+    )
     endpoint_url: str | None = Field(
         default=None,
         description="One endpoint for every AWS API (an emulator such as moto); the engines "
@@ -130,6 +140,25 @@ class Settings(_Settings):
         """Clouds configured, in a fixed order; `["local"]` when none is."""
         names = [name for name in ("aws", "gcp", "azure") if getattr(self.backends, name)]
         return names or ["local"]
+
+    def network_plan(self, backend: str) -> NetworkPlan | None:
+        """The network a run on `backend` uses; None where the cloud's defaults apply.
+
+        Only AWS has network settings today; the preview and the provisioner both ask here.
+        """
+        from taskstack.compiler.plan import NetworkPlan
+
+        aws = self.backends.aws
+        if backend != "aws" or aws is None:
+            return None
+        return NetworkPlan(
+            vpc_id=aws.vpc_id,
+            subnet_id=aws.subnet_id,
+            vpc_cidr=aws.vpc_cidr,
+            subnet_cidr=aws.subnet_cidr,
+            ssh_cidr=aws.ssh_cidr,
+            public_ips=aws.public_ips,
+        )
 
     def cloud_environment(self) -> dict[str, str]:
         """Credentials of the backends in use as the variables engines read; for a child
@@ -320,6 +349,8 @@ _AWS_ENV = {
     "TASKSTACK_AWS_VPC_CIDR": "vpc_cidr",
     "TASKSTACK_AWS_SUBNET_CIDR": "subnet_cidr",
     "TASKSTACK_AWS_SSH_CIDR": "ssh_cidr",
+    "TASKSTACK_AWS_IMAGE": "image",
+    "TASKSTACK_AWS_SSH_USER": "ssh_user",
 }
 
 

@@ -144,12 +144,12 @@ def test_stop_run_terminates_a_running_apply(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _wait_for(lambda: _running("long-1"))
+    _wait_for(lambda: _running("long-1"), timeout=60)
 
     record = apply.stop_run("long-1", grace=2)
 
     assert record.status == "terminated"
-    assert runner.wait(timeout=20) == 1
+    assert runner.wait(timeout=60) == 1
     assert "Run long-1 terminated" in (runner.stdout.read() if runner.stdout else "")
     assert _marked("long-1", rank=0) == []
 
@@ -182,3 +182,40 @@ def _wait_for(condition, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_a_second_apply_of_a_running_name_is_refused_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    path = _task(tmp_path, "type: task\nname: twice-1\ncommands: [echo up, sleep 300]\n")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "taskstack.cli.main", "apply", "-f", str(path), "-y"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: _running("twice-1"), timeout=60)
+        before = records.load_record("twice-1")
+
+        second = subprocess.run(
+            [sys.executable, "-m", "taskstack.cli.main", "apply", "-f", str(path), "-y"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+        after = records.load_record("twice-1")
+        marked = _marked("twice-1", rank=0)
+    finally:
+        apply.stop_run("twice-1", grace=2)
+        first.wait(timeout=60)
+
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        "error: run twice-1 is still running; stop it with `dstack stop twice-1` or pick "
+        "another `--name`"
+    ]
+    assert after == before
+    assert marked != []  # the first run's processes were left alone

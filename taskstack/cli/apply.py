@@ -224,6 +224,19 @@ class _EventPrinter:
             self._show("Tearing down...")
         elif isinstance(event, apply.StepStarted) and event.step == "stop":
             err_console.print(f"[yellow]Stopping the run ({event.detail})...[/yellow]")
+        elif isinstance(event, apply.StillAlive):
+            err_console.print(
+                f"[yellow]Still alive: {event.alive}. If this process is killed before it "
+                f"is done, remove it with `{event.command}`.[/yellow]",
+                highlight=False,
+            )
+        elif isinstance(event, apply.AttemptStarted):
+            self.close()
+            err_console.print(
+                f"[yellow]Attempt {event.number} (retry on {event.event}): "
+                f"{event.reason}[/yellow]",
+                highlight=False,
+            )
         elif isinstance(event, job.PortsForwarded):
             for url in event.urls:
                 console.print(f"[bold]Port open:[/bold] {url}", highlight=False)
@@ -274,7 +287,9 @@ class _EventPrinter:
             result.status, "red"
         )
         reason = f" ({result.reason})" if result.reason else ""
+        attempts = f" after {result.attempts} attempts" if result.attempts > 1 else ""
         console.print(
-            f"Run [bold]{result.name}[/bold] [{colour}]{result.status}[/{colour}]{reason}",
+            f"Run [bold]{result.name}[/bold] [{colour}]{result.status}[/{colour}]"
+            f"{attempts}{reason}",
             highlight=False,
         )

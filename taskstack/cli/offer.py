@@ -134,9 +134,11 @@ _COLUMNS: tuple[tuple[str, Literal["left", "right"]], ...] = (
 
 
 def _caption(offers: Any, *, total: int, shown: int) -> str:
+    from taskstack.settings import config_path
+
     caption = f"Shown {shown} of {total} offers"
     if any(not item.configured for item in offers):
-        caption += f"; {_NOT_CONFIGURED} backend not configured (see ~/.taskstack/config.yml)"
+        caption += f"; {_NOT_CONFIGURED} backend not configured (see {config_path()})"
     return caption
 
 

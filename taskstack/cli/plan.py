@@ -28,8 +28,8 @@ class Backend(StrEnum):
 @app.command()
 def plan(
     file: Annotated[Path, typer.Option("--file", "-f", help="The task file.")],
-    backend: Annotated[
-        Backend | None,
+    backends: Annotated[
+        list[Backend] | None,
         typer.Option("--backend", "-b", help="The cloud to plan for, configured or not."),
     ] = None,
     nodes: Annotated[
@@ -48,20 +48,32 @@ def plan(
     builds the run's plan and runs its Pulumi program under the SDK's mocks. The SSH key
     shown is a placeholder; `dstack apply` generates the run's own key.
     """
-    from taskstack.stacks.mocks import paused_gc
-    from taskstack.stacks.preview import preview_task
+    from taskstack.stacks.preview import paused_gc, preview_task
+
+    backend = _one_backend(backends or [])
 
     # The command imports and builds tens of MB of short-lived objects and then ends; the
     # cyclic collector would spend a third of its time walking them.
     with paused_gc():
-        result = preview_task(
-            file, backend=backend.value if backend else None, nodes=nodes, run_name=name
-        )
+        result = preview_task(file, backend=backend, nodes=nodes, run_name=name)
 
     if as_json:
         typer.echo(result.to_json())
         return
     console.print(_tree(result))
+
+
+def _one_backend(backends: list[Backend]) -> str | None:
+    """The one `-b` given, if any; a plan previews a single cloud, so several are refused."""
+    from taskstack.errors import ConfigError
+
+    if len(backends) > 1:
+        given = " ".join(f"-b {backend.value}" for backend in backends)
+        raise ConfigError(
+            f"`--backend`: `{given}` names {len(backends)} clouds; a plan previews one, "
+            "so pass a single `-b` (run `dstack plan` once per cloud)"
+        )
+    return backends[0].value if backends else None
 
 
 def _tree(result: TaskPreview) -> Tree:

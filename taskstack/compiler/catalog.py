@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskstack.errors import ConfigError
-from taskstack.home import taskstack_home
+from taskstack.home import ensure_home, taskstack_home
 
 if TYPE_CHECKING:
     from gpuhunt import CatalogItem
@@ -166,17 +166,18 @@ def load_directory(folder: Path, *, kind: SourceKind = "directory") -> Catalog:
     """A catalog folder: `offers.csv` with a provider column, or `aws.csv`, `gcp.csv`, ...
 
     Raises:
-        ConfigError: the folder holds neither.
+        ConfigError: the folder holds neither, or a file lacks a column offers need.
     """
     combined = folder / "offers.csv"
     per_cloud = [folder / f"{name}.csv" for name in CLOUDS if (folder / f"{name}.csv").is_file()]
     if combined.is_file():
-        offers = list(_offers_from_csv(combined.read_text("utf-8")))
+        offers = list(_offers_from_csv(_checked_csv(combined, with_provider=True)))
         newest = combined.stat().st_mtime
     elif per_cloud:
         offers = []
         for path in per_cloud:
-            offers.extend(_offers_from_csv(path.read_text("utf-8"), provider=path.stem))
+            text = _checked_csv(path, with_provider=False)
+            offers.extend(_offers_from_csv(text, provider=path.stem))
         newest = max(path.stat().st_mtime for path in per_cloud)
     else:
         raise ConfigError(
@@ -191,7 +192,33 @@ def load_directory(folder: Path, *, kind: SourceKind = "directory") -> Catalog:
 
 def cache_dir() -> Path:
     """Where the last downloaded online catalog is kept."""
-    return taskstack_home() / "catalog"
+    return taskstack_home() / _CACHE_FOLDER
+
+
+_CACHE_FOLDER = "catalog"
+
+
+def _checked_csv(path: Path, *, with_provider: bool) -> str:
+    """The text of a catalog file whose header has every column an offer is built from."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"TASKSTACK_CATALOG: cannot read {path} ({exc})") from exc
+
+    header = next(csv.reader(io.StringIO(text)), [])
+    required = (("provider",) if with_provider else ()) + _REQUIRED_COLUMNS
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise ConfigError(
+            f"TASKSTACK_CATALOG: {path} lacks the column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}; its first line must name gpuhunt's columns "
+            f"({', '.join(required)}, ...)"
+        )
+    return text
+
+
+# The columns gpuhunt's `item_from_row` cannot do without; the others are optional.
+_REQUIRED_COLUMNS = ("instance_name", "location", "price", "cpu", "memory", "gpu_count", "spot")
 
 
 # --- Online catalog --------------------------------------------------------------------------
@@ -199,7 +226,9 @@ def cache_dir() -> Path:
 
 def _load_online_or_fallback() -> Catalog:
     """A fresh downloaded copy, else a download within the deadline, else the best fallback."""
-    cached = cache_dir()
+    # Created up front so that an unusable state folder is one clear error, not a traceback
+    # from the download's write.
+    cached = ensure_home(_CACHE_FOLDER)
     age = _cache_age(cached)
     failed_recently = _failed_recently(cached)
     if age is not None and (age < CACHE_TTL or failed_recently):

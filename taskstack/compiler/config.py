@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from taskstack.compiler.resources import ConfigProblem, ResourcesSpec
-from taskstack.compiler.source import YamlDocument, load_yaml
+from taskstack.compiler.source import SHOWN_CHARS, YamlDocument, cut, load_yaml, shown
 from taskstack.errors import ConfigError
 
 PythonVersion = Literal["3.9", "3.10", "3.11", "3.12", "3.13", "3.14"]
@@ -52,6 +52,10 @@ BackendType = Literal[
 
 ALL_RETRY_EVENTS: tuple[RetryEvent, ...] = ("no-capacity", "interruption", "error")
 DEFAULT_RETRY_DURATION = 3600
+MAX_TASK_FILE_BYTES = 1 << 20
+"""A task file is a few kilobytes; past a mebibyte it is the wrong file or a hostile one."""
+RUN_NAME_RULE = "^[a-z][a-z0-9-]{1,40}$"
+"""dstack's rule for resource names, run names included (`validate_dstack_resource_name`)."""
 PYTHON_VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 
 _DEV_ENVIRONMENT_FIELDS = {"ide", "version", "init", "inactivity_duration"}
@@ -59,6 +63,7 @@ _SERVICE_FIELDS = {
     "port", "gateway", "strip_prefix", "model", "https", "auth", "scaling",
     "rate_limits", "probes", "replicas",
 }  # fmt: skip
+_RUN_NAME = re.compile(RUN_NAME_RULE)
 _ENV_ITEM = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)(=.*)?$", re.DOTALL)
 _PORT_TEXT = re.compile(r"^(?:(\d+|\*):)?(\d+)$")
 _DURATION_TEXT = re.compile(r"(\d+) *([smhdw])$")
@@ -77,7 +82,7 @@ class _Model(BaseModel):
 def parse_duration(value: Any) -> int:
     """Seconds from `90`, `"90"`, `30m`, `2h`, `1d`, `1w` (lowercase units, as dstack)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigProblem(f"{value!r} is not a duration; write seconds or e.g. 30m, 2h, 1d")
+        raise ConfigProblem(f"{shown(value)} is not a duration; write seconds or e.g. 30m, 2h, 1d")
     if isinstance(value, str):
         value = _duration_text(value)
     if value < 0:
@@ -94,7 +99,7 @@ def _duration_text(text: str) -> int:
     match = _DURATION_TEXT.match(text)
     if match is None:
         raise ConfigProblem(
-            f"cannot read {text!r} as a duration; write seconds or a number with "
+            f"cannot read {shown(text)} as a duration; write seconds or a number with "
             "s, m, h, d or w, e.g. 30m, 2h, 1d"
         )
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
@@ -130,7 +135,7 @@ class PortSpec(_Model):
     @classmethod
     def _parse_shorthand(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise ConfigProblem(f"{value!r} is not a port; write 8080, '8080:80' or '*:8080'")
+            raise ConfigProblem(f"{shown(value)} is not a port; write 8080, '8080:80' or '*:8080'")
         if isinstance(value, int):
             return {"local_port": value, "container_port": value}
         if isinstance(value, str):
@@ -143,7 +148,7 @@ def _parse_port_text(text: str) -> dict[str, Any]:
     if match is None:
         # dstack crashes on "8080:" with a TypeError; here it is a plain config error.
         raise ConfigProblem(
-            f"{text!r} is not a port mapping; write 8080, '8080:80' (local:container) "
+            f"{shown(text)} is not a port mapping; write 8080, '8080:80' (local:container) "
             "or '*:8080' (any free local port)"
         )
     local, container = match.groups()
@@ -215,7 +220,7 @@ class Schedule(_Model):
         for cron in crons if isinstance(crons, list) else []:
             if isinstance(cron, str) and len(cron.split()) != 5:
                 raise ConfigProblem(
-                    f"{cron!r} is not a cron expression; it has five fields, e.g. '0 3 * * *'"
+                    f"{shown(cron)} is not a cron expression; it has five fields, e.g. '0 3 * * *'"
                 )
         return crons
 
@@ -241,7 +246,7 @@ def _parse_mount(value: Any) -> Any:
     source, sep, target = value.rpartition(":")
     if not sep or not source or not target:
         raise ConfigProblem(
-            f"{value!r} is not a mount; write 'volume-name:/path' or '/host:/path'"
+            f"{shown(value)} is not a mount; write 'volume-name:/path' or '/host:/path'"
         )
     if source.startswith(("/", "~")):
         return {"instance_path": source, "path": target}
@@ -480,6 +485,11 @@ class TaskConfig(_Model):
             if value is not None or key not in ("nodes", "spot_policy")
         }
 
+    @field_validator("name")
+    @classmethod
+    def _run_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_run_name(value)
+
     @field_validator("python", mode="before")
     @classmethod
     def _python_version(cls, value: Any, info: ValidationInfo) -> Any:
@@ -512,7 +522,8 @@ class TaskConfig(_Model):
     def _absolute_working_dir(cls, value: str | None) -> str | None:
         if value is not None and not PurePosixPath(value).is_absolute():
             raise ConfigProblem(
-                f"{value!r} is relative; give an absolute path in the container, e.g. /workflow"
+                f"{shown(value)} is relative; give an absolute path in the container, "
+                "e.g. /workflow"
             )
         return value
 
@@ -520,14 +531,14 @@ class TaskConfig(_Model):
     @classmethod
     def _unix_user(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[^\s:]+(:[^\s:]+)?", value):
-            raise ConfigProblem(f"{value!r} is not a user; write `name_or_id[:group]`")
+            raise ConfigProblem(f"{shown(value)} is not a user; write `name_or_id[:group]`")
         return value
 
     @field_validator("shell")
     @classmethod
     def _known_shell(cls, value: str | None) -> str | None:
         if value is not None and value not in ("sh", "bash") and not value.startswith("/"):
-            raise ConfigProblem(f"{value!r} is not a shell; use sh, bash or an absolute path")
+            raise ConfigProblem(f"{shown(value)} is not a shell; use sh, bash or an absolute path")
         return value
 
     @field_validator("env", mode="before")
@@ -592,8 +603,8 @@ class TaskConfig(_Model):
             return value
         for key in value:
             if not isinstance(key, str) or not key.strip():
-                raise ConfigProblem(f"tag name {key!r} is empty or not text; use a word")
-        return {key: _scalar_text(item, path=(key,), shown=True) for key, item in value.items()}
+                raise ConfigProblem(f"tag name {shown(key)} is empty or not text; use a word")
+        return {key: _scalar_text(item, path=(key,), echo=True) for key, item in value.items()}
 
     @field_validator("backend_options")
     @classmethod
@@ -604,7 +615,7 @@ class TaskConfig(_Model):
             if not isinstance(backend, str):
                 raise ConfigProblem("each entry needs the backend's `type`", path=(index,))
             if backend in seen:
-                raise ConfigProblem(f"backend {backend!r} appears twice", path=(index,))
+                raise ConfigProblem(f"backend {shown(backend)} appears twice", path=(index,))
             seen.add(backend)
         return value
 
@@ -622,6 +633,15 @@ class TaskConfig(_Model):
         # frozen, hence the direct write while it is being built.
         object.__setattr__(self, "nodes", sum(group.nodes for group in self.groups))
         return self
+
+
+def _check_run_name(name: str) -> str:
+    if _RUN_NAME.fullmatch(name) is None:
+        raise ConfigProblem(
+            f"{shown(name)} is not a run name; use 2 to 41 lowercase letters, digits and "
+            f"dashes, starting with a letter (dstack's rule {RUN_NAME_RULE}), e.g. train-llm"
+        )
+    return name
 
 
 def _reject_foreign_field(key: Any) -> None:
@@ -645,7 +665,9 @@ def _check_groups(task: TaskConfig) -> None:
     names = [group.name or str(index) for index, group in enumerate(task.groups)]
     for index, group in enumerate(task.groups):
         if names.count(names[index]) > 1:
-            raise ConfigProblem(f"group name {names[index]!r} repeats", path=("groups", index))
+            raise ConfigProblem(
+                f"group name {shown(names[index])} repeats", path=("groups", index)
+            )
         if not group.commands and not task.image:
             raise ConfigProblem(
                 "this group has no `commands` and the task no `image`; add commands",
@@ -656,10 +678,10 @@ def _check_groups(task: TaskConfig) -> None:
 def _parse_env(value: Any) -> Any:
     """A list of `K=V` / `K` or a mapping -> {K: V or None}; duplicates are errors."""
     if isinstance(value, dict):
-        return {key: _scalar_text(item, path=(key,), shown=False) for key, item in value.items()}
+        return {key: _scalar_text(item, path=(key,), echo=False) for key, item in value.items()}
     if not isinstance(value, list):
         raise ConfigProblem(
-            f"{type(value).__name__} {value!r} is not a list or a mapping; "
+            f"{type(value).__name__} {shown(value)} is not a list or a mapping; "
             "write `env: [K=V, K]` or `env: {K: V}`"
         )
     env: dict[str, str | None] = {}
@@ -667,7 +689,7 @@ def _parse_env(value: Any) -> Any:
         match = _ENV_ITEM.match(item) if isinstance(item, str) else None
         if match is None:
             raise ConfigProblem(
-                f"{item!r} is not `NAME=value` or `NAME`; a name starts with a letter or _ "
+                f"{shown(item)} is not `NAME=value` or `NAME`; a name starts with a letter or _ "
                 "and has only letters, digits and _",
                 path=(index,),
             )
@@ -678,14 +700,14 @@ def _parse_env(value: Any) -> Any:
     return env
 
 
-def _scalar_text(value: Any, *, path: tuple[str | int, ...], shown: bool) -> str:
+def _scalar_text(value: Any, *, path: tuple[str | int, ...], echo: bool) -> str:
     # Numbers become text as in dstack (`PORT: 8080` is "8080"); YAML booleans are ambiguous.
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    # Env values may be secrets: `shown=False` keeps the value out of the message.
-    what = repr(value) if shown else f"a {type(value).__name__}"
+    # Env values may be secrets: `echo=False` keeps the value out of the message.
+    what = shown(value) if echo else f"a {type(value).__name__}"
     raise ConfigProblem(f"{what} is not text; quote the value", path=path)
 
 
@@ -694,7 +716,9 @@ def _word_to_bool(word: str, *, field_name: str) -> bool:
         return True
     if word.strip().lower() in _FALSE_WORDS:
         return False
-    raise ConfigProblem(f"{word!r} is not true or false; write `{field_name}: true` or an object")
+    raise ConfigProblem(
+        f"{shown(word)} is not true or false; write `{field_name}: true` or an object"
+    )
 
 
 # --- Public API ------------------------------------------------------------------------
@@ -702,13 +726,49 @@ def _word_to_bool(word: str, *, field_name: str) -> bool:
 
 def load_task(path: Path) -> TaskConfig:
     """Read and validate a task file; any problem is a one-line `ConfigError`."""
+    data = _read_task_bytes(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8); "
+            "pass the task's YAML file with `-f`, e.g. `-f .dstack.yml`"
+        ) from exc
+    return parse_task(text, source=str(path))
+
+
+def validate_run_name(name: str) -> str:
+    """Return `name` if dstack accepts it as a run name; else a `ConfigError` naming `--name`.
+
+    Run names become folder names under the state folder and cloud resource names, so the
+    rule (dstack's resource-name rule) also keeps them from leaving that folder.
+    """
+    try:
+        return _check_run_name(name)
+    except ConfigProblem as problem:
+        raise ConfigError(f"`--name`: {problem}") from None
+
+
+def _read_task_bytes(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise ConfigError(
+                f"{path}: is a directory; pass the task file inside it, "
+                f"e.g. `-f {path / '.dstack.yml'}`"
+            )
+        if size > MAX_TASK_FILE_BYTES:
+            raise ConfigError(
+                f"{path}: {size} bytes is over the {MAX_TASK_FILE_BYTES >> 20} MiB a task "
+                "file may have; pass the task's own YAML file with `-f`"
+            )
+        return path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file; pass the task file with `-f`") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the file ({exc})") from exc
-    return parse_task(text, source=str(path))
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the file ({exc.strerror}); check its permissions"
+        ) from exc
 
 
 def parse_task(text: str, *, source: str = "<string>") -> TaskConfig:
@@ -772,15 +832,29 @@ def resolve_env(
 def _parse_cli_env(item: str, *, environ: Mapping[str, str]) -> tuple[str, str | None]:
     match = _ENV_ITEM.match(item)
     if match is None:
-        # The item may hold a secret value: show only what precedes `=`.
-        raise ConfigError(
-            f"`-e {item.split('=', 1)[0]}`: not `NAME=value` or `NAME`; a name starts with "
-            "a letter or _ and has only letters, digits and _"
-        )
+        raise ConfigError(f"{_typed_env(item)}: {_env_name_problem(item)}")
     name, assignment = match.group(1), match.group(2)
     if assignment is not None:
         return name, assignment[1:]
     return name, environ.get(name)
+
+
+def _typed_env(item: str) -> str:
+    """The `-e` item as typed, its value masked: it may be a secret."""
+    if not item:
+        return "`-e ''`"
+    name, sep, value = item.partition("=")
+    if len(name) > SHOWN_CHARS:
+        name = f"{name[: SHOWN_CHARS - 1]}…"
+    return f"`-e {name}{'=***' if value else sep}`"
+
+
+def _env_name_problem(item: str) -> str:
+    name = item.partition("=")[0]
+    rule = "a name starts with a letter or _ and has only letters, digits and _"
+    if not name:
+        return f"no variable name before `=`; write `-e NAME=value` ({rule})"
+    return f"{shown(name)} is not a variable name; {rule}"
 
 
 # --- Errors ----------------------------------------------------------------------------
@@ -804,7 +878,9 @@ def _check_document(document: YamlDocument) -> None:
             "use `type: task`"
         )
     if kind != "task":
-        raise ConfigError(f"{source}:{line}: `type`: {kind!r} is not a task; use `type: task`")
+        raise ConfigError(
+            f"{source}:{line}: `type`: {shown(kind)} is not a task; use `type: task`"
+        )
 
 
 def _describe(exc: ValidationError, *, document: YamlDocument) -> str:
@@ -816,9 +892,8 @@ def _describe(exc: ValidationError, *, document: YamlDocument) -> str:
     # A bad range bound fails twice (min and max): count only distinct further problems.
     others = {_located_message(error)[1] for error in errors[1:]} - {message}
     more = f" ({len(others)} more problem{'s' if len(others) > 1 else ''} after this)"
-    return (
-        f"{document.source}:{line}: `{_field_name(yaml_path)}`: {message}{more if others else ''}"
-    )
+    field = cut(_field_name(yaml_path))
+    return f"{document.source}:{line}: `{field}`: {message}{more if others else ''}"
 
 
 def _located_message(error: Any) -> tuple[tuple[Any, ...], str]:
@@ -838,7 +913,7 @@ def _pydantic_message(error: Any, *, path: tuple[Any, ...]) -> str:
     message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
     # Values under `env` and `registry_auth` may be secrets: never echo them.
     if not (path and path[0] in ("env", "registry_auth")):
-        message = f"{message}, got {error['input']!r}"
+        message = f"{message}, got {shown(error['input'])}"
     return f"{message}; {_fix_for(kind, value=error['input'])}"
 
 

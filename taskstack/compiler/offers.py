@@ -19,6 +19,7 @@ When nothing matches, `OffersError` names the requirement that removed the last 
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskstack.compiler.catalog import CLOUDS, Catalog, CatalogSource, Offer, load_catalog
+from taskstack.compiler.source import cut
 from taskstack.errors import OffersError
 
 __all__ = [
@@ -197,7 +199,12 @@ def find_offers(
     candidates = _candidates(catalog, backends=backends, local_offer=local_offer)
 
     filters = _filters(requirements, in_use=in_use, any_backend=any_backend)
-    matched = _match(candidates, filters=filters, source=catalog.source)
+    try:
+        matched = _match(candidates, filters=filters, source=catalog.source)
+    except OffersError:
+        # A typo in a GPU name says more than "removed the last offers".
+        _check_gpu_names(requirements.gpu_names or (), catalog=catalog)
+        raise
     fitted = (_fitted(offer, requirements, in_use=in_use) for offer in matched)
     offers = sorted(fitted, key=_order)
     return OfferQuery(offers=tuple(offers), catalog=catalog.source, requirements=requirements)
@@ -267,7 +274,7 @@ class _Filter:
     test: Callable[[Offer], bool]
 
     def describe(self) -> str:
-        return f"`{self.field}: {self.asked}`" if self.asked else f"`{self.field}`"
+        return f"`{self.field}: {cut(self.asked)}`" if self.asked else f"`{self.field}`"
 
 
 def _filters(
@@ -400,10 +407,12 @@ def _no_match(
     culprit = filters[last]
     example = f"{cheapest.backend} {cheapest.instance_type} at {format_price(cheapest.price)}/h"
     if culprit.field == "backends in use":
+        from taskstack.settings import config_path
+
         elsewhere = _list(sorted({offer.backend for offer in removed}))
         return OffersError(
             f"no offer fits on the backends in use ({culprit.asked}); {len(removed)} offers on "
-            f"{elsewhere} would (cheapest: {example}): configure one in ~/.taskstack/config.yml, "
+            f"{elsewhere} would (cheapest: {example}): configure one in {config_path()}, "
             f"or look with `dstack offer --backend {cheapest.backend}`"
         )
     plural = "offer" if len(removed) == 1 else "offers"
@@ -411,6 +420,35 @@ def _no_match(
         f"no offer fits: {culprit.describe()} removed the last {len(removed)} {plural} "
         f"(the cheapest was {example}); relax it and see `dstack offer`"
     )
+
+
+def _check_gpu_names(asked: Sequence[str], *, catalog: Catalog) -> None:
+    """Raise naming the GPU names that no catalog row and no gpuhunt table knows."""
+    known = _known_gpu_names(catalog)
+    unknown = [name for name in asked if not _is_known_gpu(name, known=known)]
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0].lower(), list(known), n=3, cutoff=0.5)
+    spelled = [f"`{known[name]}`" for name in close]
+    hint = f"did you mean {' or '.join(spelled)}?" if close else "`dstack offer` lists the GPUs"
+    names = ", ".join(f"`{name}`" for name in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    raise OffersError(f"unknown GPU name{plural} {names} in `resources.gpu.name`; {hint}")
+
+
+def _known_gpu_names(catalog: Catalog) -> dict[str, str]:
+    """GPU names of the catalog's rows and of gpuhunt's accelerator tables, by lowercase."""
+    from gpuhunt._internal.constraints import KNOWN_ACCELERATORS
+
+    names = [info.name for info in KNOWN_ACCELERATORS]
+    names.extend(offer.gpu_name for offer in catalog.offers if offer.gpu_name)
+    return {name.lower(): name for name in names}
+
+
+def _is_known_gpu(name: str, *, known: dict[str, str]) -> bool:
+    lowered = name.lower().removeprefix("tpu-")
+    # A TPU slice (`v5litepod-8`) is known by its generation too, whatever its size.
+    return lowered in known or lowered.rpartition("-")[0] in known
 
 
 def _fitted(offer: Offer, requirements: Requirements, *, in_use: frozenset[str]) -> Offer:

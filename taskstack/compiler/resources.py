@@ -22,6 +22,8 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from taskstack.compiler.source import shown
+
 CPUArch = Literal["x86", "arm"]
 GPUVendor = Literal["nvidia", "amd", "google", "intel", "tenstorrent"]
 
@@ -60,15 +62,15 @@ class _Model(BaseModel):
 def parse_size(value: Any) -> float:
     """Read a size in GB: a number, or a string such as `64GB`, `512MB`, `1TB`, `8 gb`."""
     if isinstance(value, bool):
-        raise ConfigProblem(f"{value!r} is not a size; write it like 64GB")
+        raise ConfigProblem(f"{shown(value)} is not a size; write it like 64GB")
     if isinstance(value, int | float):
         size = float(value)
     elif isinstance(value, str):
         size = _parse_size_text(value)
     else:
-        raise ConfigProblem(f"{value!r} is not a size; write it like 64GB")
+        raise ConfigProblem(f"{shown(value)} is not a size; write it like 64GB")
     if not math.isfinite(size):
-        raise ConfigProblem(f"{value!r} is not a size; write it like 64GB")
+        raise ConfigProblem(f"{shown(value)} is not a size; write it like 64GB")
     if size < 0:
         raise ConfigProblem(f"size {value} is negative; sizes start at 0")
     return size
@@ -86,7 +88,7 @@ def _parse_size_text(text: str) -> float:
     except ValueError:
         # dstack reads GB as 1024 MB but has no GiB/MiB/TiB spelling: those are errors there too.
         raise ConfigProblem(
-            f"cannot read {text!r} as a size; use MB, GB or TB (1GB = 1024MB), e.g. 16GB"
+            f"cannot read {shown(text)} as a size; use MB, GB or TB (1GB = 1024MB), e.g. 16GB"
         ) from None
 
 
@@ -109,11 +111,13 @@ class Range(_Model, Generic[T]):
     @classmethod
     def _parse_shorthand(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise ConfigProblem(f"{value!r} is not a number or a range like 2..8")
+            raise ConfigProblem(f"{shown(value)} is not a number or a range like 2..8")
         if isinstance(value, str) and ".." in value:
             parts = value.replace(" ", "").split("..")
             if len(parts) != 2:
-                raise ConfigProblem(f"{value!r} is not a range; write it like 2..8, 2.. or ..8")
+                raise ConfigProblem(
+                    f"{shown(value)} is not a range; write it like 2..8, 2.. or ..8"
+                )
             low, high = parts
             return {"min": low or None, "max": high or None}
         if isinstance(value, str | int | float):
@@ -164,7 +168,7 @@ class CPUSpec(_Model):
     def _parse_shorthand(cls, value: Any) -> Any:
         if isinstance(value, bool | float):
             raise ConfigProblem(
-                f"{value!r} is not a CPU count; write a whole count (4), a range (2..8) "
+                f"{shown(value)} is not a CPU count; write a whole count (4), a range (2..8) "
                 "or arch:count (arm:4..)"
             )
         if isinstance(value, int):
@@ -183,17 +187,17 @@ def _parse_cpu_text(text: str) -> dict[str, str]:
     spec: dict[str, str] = {}
     for token in text.replace(" ", "").split(":"):
         if not token:
-            raise ConfigProblem(f"{text!r} has an empty part; write it like arm:4..8")
+            raise ConfigProblem(f"{shown(text)} has an empty part; write it like arm:4..8")
         if ".." in token or token.lstrip("-").isdigit():
             key, value = "count", token
         elif token.lower() in ("x86", "arm"):
             key, value = "arch", token.lower()
         else:
             raise ConfigProblem(
-                f"{text!r} names an unknown CPU architecture {token!r}; use x86 or arm"
+                f"{shown(text)} names an unknown CPU architecture {shown(token)}; use x86 or arm"
             )
         if key in spec:
-            raise ConfigProblem(f"{text!r} gives the CPU {key} twice; give it once")
+            raise ConfigProblem(f"{shown(text)} gives the CPU {key} twice; give it once")
         spec[key] = value
     return spec
 
@@ -226,7 +230,7 @@ class GPUSpec(_Model):
     def _parse_shorthand(cls, value: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigProblem(
-                f"{value!r} is not a GPU spec; write a count (2), a name (A100) "
+                f"{shown(value)} is not a GPU spec; write a count (2), a name (A100) "
                 "or name:memory:count (A100:80GB:2)"
             )
         if isinstance(value, int):
@@ -243,10 +247,10 @@ def _parse_gpu_text(text: str) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     for token in text.replace(" ", "").split(":"):
         if not token:
-            raise ConfigProblem(f"{text!r} has an empty part; write it like A100:80GB:2")
+            raise ConfigProblem(f"{shown(text)} has an empty part; write it like A100:80GB:2")
         key, value = _classify_gpu_token(token)
         if key in spec:
-            raise ConfigProblem(f"{text!r} gives the GPU {key} twice; give it once")
+            raise ConfigProblem(f"{shown(text)} gives the GPU {key} twice; give it once")
         spec[key] = value
     if "name" in spec:
         spec["name"] = _gpu_names(spec["name"], text=text)
@@ -271,7 +275,9 @@ def _gpu_names(names: Any, *, text: str) -> Any:
     if not isinstance(names, list):
         return names
     if any(isinstance(name, str) and not name.strip() for name in names):
-        raise ConfigProblem(f"{text!r} has an empty GPU name; separate names with single commas")
+        raise ConfigProblem(
+            f"{shown(text)} has an empty GPU name; separate names with single commas"
+        )
     # dstack still reads the deprecated `tpu-v5litepod-8` spelling as the TPU `v5litepod-8`.
     return [
         name[4:] if isinstance(name, str) and name.startswith("tpu-") else name for name in names
@@ -284,7 +290,7 @@ def _normalize_gpu_mapping(value: dict[str, Any]) -> dict[str, Any]:
     if isinstance(vendor, str):
         if vendor.lower() not in _VENDOR_ALIASES:
             raise ConfigProblem(
-                f"unknown GPU vendor {vendor!r}; use nvidia, amd, google (tpu), intel "
+                f"unknown GPU vendor {shown(vendor)}; use nvidia, amd, google (tpu), intel "
                 "or tenstorrent (tt)",
                 path=("vendor",),
             )
@@ -306,7 +312,7 @@ def _parse_compute_capability(value: Any) -> tuple[int, int]:
         except (TypeError, ValueError):
             pass
     raise ConfigProblem(
-        f"{value!r} is not a compute capability; write major.minor, e.g. 8.0",
+        f"{shown(value)} is not a compute capability; write major.minor, e.g. 8.0",
         path=("compute_capability",),
     )
 

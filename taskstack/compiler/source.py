@@ -16,6 +16,12 @@ from taskstack.errors import ConfigError
 
 Path = tuple[str | int, ...]
 
+MAX_NODES = 100_000
+"""Past this many values, counting each alias as the whole thing it repeats, a file is refused:
+a few lines of nested aliases (a "billion laughs") would otherwise expand to gigabytes."""
+SHOWN_CHARS = 80
+"""How much of a value an error message repeats; the rest is an ellipsis."""
+
 
 @dataclass(frozen=True)
 class YamlDocument:
@@ -39,9 +45,16 @@ def load_yaml(text: str, *, source: str) -> YamlDocument:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        # Checked before building Python values: only the node graph exists so far.
+        if node is not None:
+            _check_expanded_size(node, source=source)
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise ConfigError(_syntax_message(exc, source=source)) from exc
+    except RecursionError as exc:
+        raise ConfigError(
+            f"{source}: the file nests values too deeply to read; flatten it"
+        ) from exc
     finally:
         loader.dispose()
 
@@ -51,10 +64,69 @@ def load_yaml(text: str, *, source: str) -> YamlDocument:
     return YamlDocument(data=data, source=source, lines=lines)
 
 
+def shown(value: Any) -> str:
+    """`repr(value)` cut to `SHOWN_CHARS` characters, so an error stays one readable line."""
+    return cut(repr(value))
+
+
+def cut(text: str) -> str:
+    """`text` cut to `SHOWN_CHARS` characters, the last one an ellipsis when it was longer."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[: SHOWN_CHARS - 1]}…"
+
+
+def _check_expanded_size(root: yaml.Node, *, source: str) -> None:
+    """Refuse a document whose aliases expand past `MAX_NODES` values, or refer to themselves.
+
+    The composer shares one node per anchor, so the graph is small even when its expansion
+    is not; sizes are counted once per node, which keeps this linear in the file.
+    """
+    sizes: dict[int, int] = {}
+    if _expanded_size(root, sizes=sizes, open_nodes=set(), source=source) > MAX_NODES:
+        raise ConfigError(
+            f"{source}: the file expands to more than {MAX_NODES} values through YAML "
+            "aliases (`*name`); write the values out or use fewer aliases"
+        )
+
+
+def _expanded_size(
+    node: yaml.Node, *, sizes: dict[int, int], open_nodes: set[int], source: str
+) -> int:
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if id(node) in open_nodes:
+        line = node.start_mark.line + 1
+        raise ConfigError(
+            f"{source}:{line}: a YAML alias refers to the value that contains it; remove the alias"
+        )
+
+    open_nodes.add(id(node))
+    total = 1
+    for child in _children(node):
+        total += _expanded_size(child, sizes=sizes, open_nodes=open_nodes, source=source)
+        # Stop early: a bomb's total can be astronomically large.
+        if total > MAX_NODES:
+            break
+    open_nodes.discard(id(node))
+
+    sizes[id(node)] = total
+    return total
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _syntax_message(exc: yaml.YAMLError, *, source: str) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line = mark.line + 1 if mark is not None else 1
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    problem = cut(getattr(exc, "problem", None) or str(exc).splitlines()[0])
     return f"{source}:{line}: the file is not valid YAML ({problem}); fix the syntax on that line"
 
 

@@ -48,7 +48,7 @@ REMOTE_ROOT = "/tmp/taskstack"
 # Once the job runs, a dropped connection gets a short window to come back before the
 # node counts as lost; a stopping node gets a shorter one, so a dead node does not hold up
 # the others.
-_RUNNING_CONNECT_SECONDS = 60.0
+LOST_AFTER_SECONDS = 60.0
 STOP_CONNECT_SECONDS = 15.0
 # Between `docker start` and a running container: image layers are already unpacked.
 _START_SECONDS = 60.0
@@ -70,6 +70,7 @@ class RemoteTransport:
         remote_root: str = REMOTE_ROOT,
         on_upload: UploadProgress | None = None,
         stop_connect_seconds: float = STOP_CONNECT_SECONDS,
+        lost_after_seconds: float = LOST_AFTER_SECONDS,
     ) -> None:
         self.node = node
         self.pool = pool
@@ -78,6 +79,7 @@ class RemoteTransport:
         self.folder = f"{remote_root}/{run_name}/{node.rank}"
         self.on_upload = on_upload
         self.stop_connect_seconds = stop_connect_seconds
+        self.lost_after_seconds = lost_after_seconds
         self._tunnel = Tunnel()
         self._container: str | None = None
         self._exit_code: int | None = None
@@ -147,7 +149,7 @@ class RemoteTransport:
             f"[ -e {log_file} ] && exec tail -c +1 -s 0.2 -f --pid={self._attach_pid} {log_file}"
         )
         try:
-            connection = await self._connect(deadline_seconds=_RUNNING_CONNECT_SECONDS)
+            connection = await self._connect(deadline_seconds=self.lost_after_seconds)
             process = await connection.start(command)
         except SSHError as exc:
             raise self._lost(exc) from exc
@@ -168,7 +170,7 @@ class RemoteTransport:
             return self._exit_code
         container = self._started()
         try:
-            connection = await self._connect(deadline_seconds=_RUNNING_CONNECT_SECONDS)
+            connection = await self._connect(deadline_seconds=self.lost_after_seconds)
             result = await connection.run(f"docker wait {shlex.quote(container)}", check=False)
         except SSHError as exc:
             raise self._lost(exc) from exc

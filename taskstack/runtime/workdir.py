@@ -75,24 +75,48 @@ def write_snapshot(root: Path, archive: Path) -> Snapshot:
     the wire.
     """
     paths, from_git = list_files(root)
-    size = 0
+    size = files = 0
     with tarfile.open(archive, "w") as tar:
         for path in paths:
-            info = tar.gettarinfo(str(root / path), arcname=path)
-            if info.issym() and not _inside(root, root / path):
-                # A node has no such target; extracting it would be refused as unsafe.
-                log.warning("snapshot: skipping %s, a link to outside %s", path, root)
+            info = _entry(tar, root=root, path=path)
+            if info is None:
                 continue
+            files += 1
             if info.isreg():
                 with open(root / path, "rb") as handle:
                     tar.addfile(info, handle)
                 size += info.size
             else:
                 # Directories here are git submodules; links stay links.
-                tar.add(str(root / path), arcname=path, recursive=info.isdir())
+                tar.add(
+                    str(root / path), arcname=path, recursive=info.isdir(), filter=_transferable
+                )
 
-    log.debug("snapshot of %s: %d files, %d bytes (git: %s)", root, len(paths), size, from_git)
-    return Snapshot(root=root, archive=archive, files=len(paths), size=size, git=from_git)
+    log.debug("snapshot of %s: %d files, %d bytes (git: %s)", root, files, size, from_git)
+    return Snapshot(root=root, archive=archive, files=files, size=size, git=from_git)
+
+
+def _entry(tar: tarfile.TarFile, *, root: Path, path: str) -> tarfile.TarInfo | None:
+    """The tar header of `path`, or None (with a warning) for what a node cannot receive."""
+    # tarfile has no header for a socket (None) and the "data" filter refuses to extract
+    # fifos and devices, so only files, directories and links travel.
+    info = tar.gettarinfo(str(root / path), arcname=path)
+    if info is None or not (info.isreg() or info.isdir() or info.issym()):
+        log.warning("snapshot: skipping %s, a socket, fifo or device file", root / path)
+        return None
+    if info.issym() and not _inside(root, root / path):
+        # A node has no such target; extracting it would be refused as unsafe.
+        log.warning("snapshot: skipping %s, a link to outside %s", path, root)
+        return None
+    return info
+
+
+def _transferable(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """`tar.add`'s filter inside a submodule: leave out fifos and devices, as `_entry` does."""
+    if info.isreg() or info.isdir() or info.issym() or info.islnk():
+        return info
+    log.warning("snapshot: skipping %s, a fifo or device file", info.name)
+    return None
 
 
 def extract_snapshot(archive: Path, dest: Path) -> None:
@@ -141,9 +165,13 @@ def _walk(root: Path) -> list[str]:
 
 
 def _inside(root: Path, link: Path) -> bool:
-    """Whether a symbolic link resolves to a path inside `root`."""
+    """Whether a symbolic link resolves to a path inside `root`, by its text and on disk.
+
+    On disk too, because a link may point inside at another link that leads out.
+    """
     target = Path(os.path.normpath(link.parent / os.readlink(link)))
-    return target.is_relative_to(root.resolve()) or target.is_relative_to(root)
+    by_text = target.is_relative_to(root.resolve()) or target.is_relative_to(root)
+    return by_text and Path(os.path.realpath(link)).is_relative_to(root.resolve())
 
 
 def _size(path: Path) -> int:

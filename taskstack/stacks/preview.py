@@ -13,17 +13,20 @@ run's real key pair.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import importlib.util
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from taskstack.compiler.plan import ClusterPlan, NetworkPlan, build_plan
-from taskstack.errors import OffersError
-from taskstack.stacks.mocks import SECRET_MASK, PreviewResource, run_program
+from taskstack.errors import EngineMissingError, OffersError
 
 __all__ = [
     "PREVIEW_SSH_KEY",
@@ -31,9 +34,12 @@ __all__ = [
     "Preview",
     "PreviewResource",
     "TaskPreview",
+    "firewall_rules",
     "highlights",
     "preview",
+    "paused_gc",
     "preview_task",
+    "require_sdk",
 ]
 
 PREVIEW_SSH_KEY = (
@@ -41,10 +47,27 @@ PREVIEW_SSH_KEY = (
 )
 
 CLOUDS = ("aws", "gcp", "azure")
+SECRET_MASK = "[secret]"
+
+# The Pulumi SDK modules a preview of each cloud imports, and how the cloud is written.
+_SDK_MODULES = {
+    "aws": ("pulumi", "pulumi_aws"),
+    "gcp": ("pulumi", "pulumi_gcp"),
+    "azure": ("pulumi", "pulumi_azure_native"),
+}
+_CLOUD_LABELS = {"aws": "AWS", "gcp": "GCP", "azure": "Azure"}
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PreviewResource(_Frozen):
+    """One resource a program declares: its Pulumi type token, name and (masked) inputs."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
 
 
 class Preview(_Frozen):
@@ -96,9 +119,12 @@ def preview(plan: ClusterPlan) -> Preview:
     Only the SDK of the plan's cloud is imported.
 
     Raises:
+        EngineMissingError: the cloud's Pulumi SDK is not installed.
         StackError: the program failed (a wrong argument type, an invoke the mocks cannot
             answer); the message carries the SDK's reason.
     """
+    require_sdk(plan.cloud)
+    from taskstack.stacks.mocks import run_program
     from taskstack.stacks.programs import program_for
 
     resources, outputs = run_program(program_for(plan), stack=plan.run_name)
@@ -124,8 +150,10 @@ def preview_task(
         OffersError: no offer of that backend fits the task.
         StackError: the program failed under the mocks.
     """
-    from taskstack.compiler.config import load_task
+    from taskstack.compiler.config import load_task, validate_run_name
 
+    if run_name is not None:
+        validate_run_name(run_name)
     task = load_task(path)
     if nodes is not None:
         task = task.model_copy(update={"nodes": nodes})
@@ -145,6 +173,38 @@ def preview_task(
     return TaskPreview(offer=offer_data, plan=plan, preview=preview(plan))
 
 
+def require_sdk(cloud: str) -> None:
+    """Raise `EngineMissingError` naming the extra to install when `cloud`'s SDK is missing.
+
+    Checked before anything imports the SDK, so a bare install says what to do instead of
+    failing with a `ModuleNotFoundError`.
+    """
+    for module in _SDK_MODULES.get(cloud, ()):
+        if not _importable(module):
+            label = _CLOUD_LABELS[cloud]
+            raise EngineMissingError(
+                f"the {label} preview needs the Pulumi SDK (`{module}` is not installed): "
+                f"pip install 'taskstack[{cloud}]'"
+            )
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector, e.g. while the SDK builds many short-lived objects.
+
+    Measured on a 64-node p5 plan: 0.39 s of 0.89 s CPU went to the collector; with it
+    paused, 0.20 s of 0.56 s (the one collection after). Reference counting still frees
+    nearly everything meanwhile; the collector catches up when it is back on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def highlights(resource: PreviewResource) -> list[tuple[str, str]]:
     """The inputs a reviewer checks, as (label, value) pairs, in a fixed order.
 
@@ -159,7 +219,26 @@ def highlights(resource: PreviewResource) -> list[tuple[str, str]]:
     efa = _efa_count(resource.inputs)
     if efa:
         pairs.append(("EFA interfaces", str(efa)))
+    pairs.extend(firewall_rules(resource))
     return pairs
+
+
+def firewall_rules(resource: PreviewResource) -> list[tuple[str, str]]:
+    """The inbound rules of a security group, firewall or NSG, each labelled by its purpose.
+
+    `SSH from` gives the addresses that may reach port 22; `intra-run` who may send the
+    nodes everything else (the run's own nodes); `inbound` any other rule. Each cloud writes
+    its rules differently: AWS ingress blocks, GCP one firewall per rule, Azure NSG rules.
+    """
+    inputs = resource.inputs
+    if resource.type == "aws:ec2/securityGroup:SecurityGroup":
+        return [_aws_rule(rule) for rule in inputs.get("ingress") or []]
+    if resource.type == "gcp:compute/firewall:Firewall":
+        return [_gcp_rule(inputs)]
+    if resource.type == "azure-native:network:NetworkSecurityGroup":
+        rules = inputs.get("securityRules") or []
+        return [_azure_rule(rule) for rule in rules if rule.get("direction") == "Inbound"]
+    return []
 
 
 # Label, then the input paths (dotted; `[]` walks a list) that carry it on each cloud.
@@ -188,11 +267,63 @@ _HIGHLIGHTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("max run seconds", ("scheduling.maxRunDuration.seconds",)),
     ("image", ("ami", "bootDisk.initializeParams.image", "storageProfile.imageReference")),
     ("CIDR", ("cidrBlock", "ipCidrRange", "addressSpace.addressPrefixes", "addressPrefix")),
-    ("SSH from", ("ingress[].cidrBlocks", "sourceRanges", "securityRules[].sourceAddressPrefix")),
     ("accelerated networking", ("enableAcceleratedNetworking",)),
     ("tags", ("tags",)),
     ("labels", ("labels",)),
 )
+
+
+def _aws_rule(rule: dict[str, Any]) -> tuple[str, str]:
+    ports = (rule.get("fromPort"), rule.get("toPort"))
+    sources = _text(rule.get("cidrBlocks") or rule.get("ipv6CidrBlocks") or [])
+    if rule.get("self"):
+        # `self`: members of this security group, i.e. the run's own nodes.
+        return "intra-run", f"{_protocol(rule.get('protocol'))} between the run's nodes"
+    if ports == (22, 22):
+        return "SSH from", sources
+    return "inbound", f"{_protocol(rule.get('protocol'))} {_port_range(*ports)} from {sources}"
+
+
+def _gcp_rule(inputs: dict[str, Any]) -> tuple[str, str]:
+    allows = inputs.get("allows") or []
+    ports = [port for allow in allows for port in allow.get("ports") or []]
+    protocols = _text([allow.get("protocol") for allow in allows])
+    if inputs.get("sourceTags"):
+        # Source tags match instances carrying the tag: the run's own nodes.
+        tags = _text(inputs["sourceTags"])
+        return "intra-run", f"{_protocol(protocols)} between the run's nodes (tag {tags})"
+    sources = _text(inputs.get("sourceRanges") or [])
+    if ports == ["22"]:
+        return "SSH from", sources
+    return "inbound", f"{protocols} {_text(ports) or 'all ports'} from {sources}"
+
+
+def _azure_rule(rule: dict[str, Any]) -> tuple[str, str]:
+    source = rule.get("sourceAddressPrefix") or _text(rule.get("sourceAddressPrefixes") or [])
+    port = rule.get("destinationPortRange")
+    if port == "22":
+        return "SSH from", source
+    if source == rule.get("destinationAddressPrefix") and source not in (None, "*"):
+        # From the run's subnet to itself: traffic between the run's nodes.
+        return "intra-run", f"{_protocol(rule.get('protocol'))} between the run's nodes ({source})"
+    return "inbound", f"{_protocol(rule.get('protocol'))} port {port} from {source}"
+
+
+def _protocol(protocol: Any) -> str:
+    # AWS writes "all" as -1, Azure as "*", GCP as "all".
+    return "all traffic" if protocol in ("-1", -1, "*", "all", None) else str(protocol)
+
+
+def _port_range(low: Any, high: Any) -> str:
+    return f"port {low}" if low == high else f"ports {low}-{high}"
+
+
+def _importable(module: str) -> bool:
+    # `find_spec` raises ValueError for a module blocked with None in `sys.modules`.
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _first(inputs: dict[str, Any], paths: tuple[str, ...]) -> Any:
@@ -246,20 +377,9 @@ def _backend_settings(backend: str) -> tuple[NetworkPlan | None, str | None]:
     from taskstack.settings import load_settings
 
     settings = load_settings()
-    if backend == "aws" and settings.backends.aws is not None:
-        aws = settings.backends.aws
-        network = NetworkPlan(
-            vpc_id=aws.vpc_id,
-            subnet_id=aws.subnet_id,
-            vpc_cidr=aws.vpc_cidr,
-            subnet_cidr=aws.subnet_cidr,
-            ssh_cidr=aws.ssh_cidr,
-            public_ips=aws.public_ips,
-        )
-        return network, None
-    if backend == "gcp" and settings.backends.gcp is not None:
-        return None, settings.backends.gcp.project
-    return None, None
+    gcp = settings.backends.gcp
+    project = gcp.project if backend == "gcp" and gcp is not None else None
+    return settings.network_plan(backend), project
 
 
 def _name_from_path(path: Path) -> str:

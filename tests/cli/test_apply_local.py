@@ -96,6 +96,24 @@ def test_a_failing_command_gives_its_exit_status(tmp_path: Path) -> None:
     assert "failed (node 0 exited with 5)" in done.stdout
 
 
+def test_every_attempt_of_a_retried_run_is_numbered(tmp_path: Path) -> None:
+    path = _task(
+        tmp_path,
+        "type: task\nname: again-1\nretry: {on_events: [error], duration: 2s}\n"
+        "commands: [echo try, exit 3]\n",
+    )
+
+    done = dstack("apply", "-f", str(path), "-y", cwd=tmp_path)
+
+    assert done.returncode == 3
+    assert done.stdout.splitlines().count("try") == 2
+    assert "Attempt 2 (retry on error): node 0 exited with 3" in done.stderr
+    assert "Attempt 3" not in done.stderr
+    assert (
+        "Run again-1 failed after 2 attempts (node 0 exited with 3; retry.duration of 2s passed)"
+    ) in " ".join(done.stdout.split())
+
+
 def test_the_run_is_submitted_only_when_the_user_says_yes(tmp_path: Path) -> None:
     path = _task(tmp_path, "type: task\nname: asked-1\ncommands: [echo ran]\n")
 

@@ -43,6 +43,20 @@ def test_table_in_dstacks_style_with_unconfigured_backends_marked() -> None:
     assert "Offers from the packaged catalog (2026-12-03," in result.output
 
 
+def test_caption_names_the_real_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKSTACK_HOME", str(tmp_path))
+
+    result = runner.invoke(app, ["offer", "--gpu", "A100:40GB:8", "-b", "aws"], env=WIDE)
+
+    # The caption wraps at the table's width.
+    words = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"backend not configured (see {tmp_path / 'config.yml'})" in words
+    assert "~/.taskstack" not in result.output
+
+
 def test_configured_backend_is_not_marked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKSTACK_BACKENDS", "aws")
 
@@ -133,6 +147,7 @@ def test_max_offers_limits_the_json_too() -> None:
         (["--backend", "lambda"], "error: `--backend lambda`: not a backend"),
         (["--gpu", "H100"], "error: no offer fits on the backends in use (local);"),
         (["-f", "missing.dstack.yml"], "error: missing.dstack.yml: no such file"),
+        (["--gpu", "H900"], "error: unknown GPU name `H900` in `resources.gpu.name`; did you"),
     ],
 )
 def test_errors_are_one_red_line_and_exit_1(

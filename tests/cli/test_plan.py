@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,7 +119,11 @@ def test_unknown_backend_is_refused_by_the_option(task_file: Path) -> None:
     ("args", "message"),
     [
         (["-f", "missing.dstack.yml"], "error: missing.dstack.yml: no such file"),
-        (["-f", "{task}", "--name", "Bad_Name"], "error: run name `Bad_Name` is not usable"),
+        (["-f", "{task}", "--name", "Bad_Name"], "error: `--name`: 'Bad_Name' is not a run name"),
+        (
+            ["-f", "{task}", "-b", "aws", "-b", "gcp"],
+            "error: `--backend`: `-b aws -b gcp` names 2",
+        ),
     ],
 )
 def test_errors_are_one_red_line_and_exit_1(
@@ -140,3 +145,34 @@ def test_errors_are_one_red_line_and_exit_1(
     assert captured.out == ""
     assert captured.err.startswith(message), captured.err
     assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("backend", "module", "label"),
+    [
+        ("aws", "pulumi", "AWS"),
+        ("aws", "pulumi_aws", "AWS"),
+        ("gcp", "pulumi_gcp", "GCP"),
+        ("azure", "pulumi_azure_native", "Azure"),
+    ],
+)
+def test_a_missing_sdk_is_one_line_naming_the_extra(
+    backend: str, module: str, label: str, task_file: Path, tmp_path: Path
+) -> None:
+    # A fresh interpreter: the SDKs are already imported in this one.
+    script = (
+        "import sys\n"
+        f"sys.modules[{module!r}] = None\n"
+        f"sys.argv = ['dstack', 'plan', '-f', {str(task_file)!r}, '-b', {backend!r}]\n"
+        "from taskstack.cli.app import main\n"
+        "main()\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: the {label} preview needs the Pulumi SDK"), done.stderr
+    assert f"pip install 'taskstack[{backend}]'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,48 @@ def test_summary_prints_commands_as_written(tmp_path: Path) -> None:
 
     assert run.returncode == 0, run.stderr
     assert "print([b for b in [1]])" in run.stdout
+
+
+# Nine levels of nine aliases: 9**9 strings once expanded, a few hundred bytes on disk.
+ALIAS_BOMB = "type: task\na0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 9)}]\n" for level in range(1, 9)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('type: task\nname: "../../escape"\ncommands: [x]\n', ":2: `name`: '../../escape' is not"),
+        ("type: task\nname: a/b\ncommands: [x]\n", ":2: `name`: 'a/b' is not a run name"),
+        (ALIAS_BOMB + "commands: *a8\n", ": the file expands to more than 100000 values"),
+        (f"type: task\ncommands: [x]\nworking_dir: {'w' * 600_000}\n", ":3: `working_dir`: 'www"),
+    ],
+)
+def test_hostile_files_are_one_short_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / ".dstack.yml"
+    path.write_text(text)
+
+    run = _validate("-f", str(path))
+
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert message in run.stderr.replace("\n", "")
+    assert len(run.stderr) < 400
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.mkdir(), "is a directory; pass the task file inside it, e.g. `-f"),
+        (lambda p: p.write_bytes(b"\x00\xff\xfe"), "not a text file"),
+    ],
+)
+def test_wrong_kind_of_file_says_what_to_pass(tmp_path: Path, make: Any, message: str) -> None:
+    path = tmp_path / "task"
+    make(path)
+
+    run = _validate("-f", str(path))
+
+    assert run.returncode == 1
+    assert message in run.stderr.replace("\n", "")
+    assert "Traceback" not in run.stderr

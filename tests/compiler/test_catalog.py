@@ -127,6 +127,36 @@ def test_catalog_folder_without_a_catalog_is_a_config_error(
         load_catalog()
 
 
+@pytest.mark.parametrize(
+    ("name", "header", "missing"),
+    [
+        ("offers.csv", "provider,name,price", "columns instance_name, location, cpu, memory,"),
+        (
+            "offers.csv",
+            "instance_name,location,price,cpu,memory,gpu_count,spot",
+            "column provider;",
+        ),
+        ("aws.csv", "instance_name,location,price,cpu,memory,gpu_count", "column spot;"),
+    ],
+)
+def test_a_catalog_file_without_the_needed_columns_is_named(
+    tmp_path: Path, name: str, header: str, missing: str
+) -> None:
+    (tmp_path / name).write_text(f"{header}\naws,x,1\n")
+
+    with pytest.raises(ConfigError, match="TASKSTACK_CATALOG: ") as caught:
+        load_directory(tmp_path)
+
+    assert f"{tmp_path / name} lacks the {missing}" in str(caught.value)
+
+
+def test_a_catalog_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    (tmp_path / "offers.csv").write_bytes(b"\xff\xfe\x00binary")
+
+    with pytest.raises(ConfigError, match=r"TASKSTACK_CATALOG: cannot read .*offers.csv"):
+        load_directory(tmp_path)
+
+
 def test_malformed_rows_are_skipped(tmp_path: Path) -> None:
     rows = PACKAGED_CSV.read_text(encoding="utf-8").splitlines()
     broken = rows[1].replace(",0.526,", ",not-a-price,")

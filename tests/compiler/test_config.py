@@ -378,10 +378,21 @@ class TestResolveEnv:
     def test_bad_cli_item_hides_its_value(self) -> None:
         task = _task("")
 
-        with pytest.raises(ConfigError, match=r"`-e 1BAD`: not `NAME=value`") as caught:
+        with pytest.raises(ConfigError, match=r"`-e 1BAD=\*\*\*`: '1BAD' is not a") as caught:
             resolve_env(task, cli_env=["1BAD=topsecret"], environ={})
 
         assert "topsecret" not in str(caught.value)
+
+    @pytest.mark.parametrize(
+        ("typed", "shown"), [("=v", "`-e =***`"), ("=", "`-e =`"), ("", "`-e ''`")]
+    )
+    def test_item_without_a_name_shows_what_was_typed(self, typed: str, shown: str) -> None:
+        task = _task("")
+
+        with pytest.raises(ConfigError, match="no variable name before `=`") as caught:
+            resolve_env(task, cli_env=[typed], environ={})
+
+        assert str(caught.value).startswith(shown)
 
 
 def test_parsing_logs_nothing_secret(caplog: pytest.LogCaptureFixture) -> None:

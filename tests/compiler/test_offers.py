@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -475,6 +476,45 @@ def test_cloud_offers_on_unconfigured_backends_are_named_when_only_local_is_in_u
     assert "`dstack offer --backend azure`" in str(caught.value)
 
 
+def test_the_settings_file_named_is_the_real_one(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKSTACK_HOME", str(tmp_path / "state"))
+
+    with pytest.raises(OffersError) as caught:
+        find_offers(
+            requirements({"gpu": "A100"}), backends=["local"], catalog=catalog, local_offer=MACHINE
+        )
+
+    assert f"configure one in {tmp_path / 'state' / 'config.yml'}," in str(caught.value)
+    assert "~/.taskstack" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "message"),
+    [
+        ("H900", "unknown GPU name `H900` in `resources.gpu.name`; did you mean `H200` or"),
+        ("H900:8", "unknown GPU name `H900`"),
+        ("zzzz", "unknown GPU name `zzzz` in `resources.gpu.name`; `dstack offer` lists"),
+        ("H900,Z7", "unknown GPU names `H900`, `Z7` in"),
+    ],
+)
+def test_an_unknown_gpu_name_is_named(catalog: Catalog, gpu: str, message: str) -> None:
+    with pytest.raises(OffersError) as caught:
+        find_offers(requirements({"gpu": gpu}), backends=CLOUDS, catalog=catalog)
+
+    assert str(caught.value).startswith(message), caught.value
+    assert "removed the last" not in str(caught.value)
+
+
+@pytest.mark.parametrize("gpu", ["MI300X:8", "B200:16", "v5litepod-999", "tpu-v5litepod-1024"])
+def test_known_gpus_missing_from_the_catalog_still_name_the_filter(
+    catalog: Catalog, gpu: str
+) -> None:
+    with pytest.raises(OffersError, match="removed the last"):
+        find_offers(requirements({"gpu": gpu}), backends=CLOUDS, catalog=catalog)
+
+
 MACHINE = Offer(
     backend="local",
     region="local",
@@ -634,3 +674,13 @@ def test_volume_is_the_disk_ranges_minimum(catalog: Catalog, disk: str, volume: 
     query = find_offers(requirements({"disk": disk}), backends=CLOUDS, catalog=catalog)
 
     assert {offer.disk_gb for offer in query.offers} == {volume}
+
+
+def test_a_long_requirement_is_cut_in_the_message(catalog: Catalog) -> None:
+    wanted = requirements({}, regions=("r" * 10_000,))
+
+    with pytest.raises(OffersError) as caught:
+        find_offers(wanted, backends=CLOUDS, catalog=catalog)
+
+    assert "`regions: rrr" in str(caught.value)
+    assert len(str(caught.value)) < 300

@@ -23,15 +23,13 @@ import pytest
 
 from taskstack import apply, records
 from taskstack.apply import NodesUp
-from taskstack.provision import CloudProvisioner, MachineImage
 from taskstack.runtime.job import LogLine, PortsForwarded
 from taskstack.runtime.remote import REMOTE_ROOT
-from taskstack.settings import load_settings
 from taskstack.stacks.engine import EngineEvent
 from taskstack.stacks.keys import run_key_pair
 from tests.testbed.catalogs import cpu_catalog
 from tests.testbed.hosts import Testbed, TestHost, free_local_port, http_get_local
-from tests.testbed.moto import MotoServer
+from tests.testbed.moto import MotoServer, aws_environ
 
 pytestmark = pytest.mark.e2e
 
@@ -79,16 +77,12 @@ _SERVE = textwrap.dedent(
 def aws_in_moto(moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
     """Settings of a CI job pointed at moto, as environment variables, and a catalog."""
     environ = {
+        **aws_environ(moto),
         "TASKSTACK_CATALOG": str(cpu_catalog(tmp_path / "catalog")),
-        "TASKSTACK_BACKENDS": "aws",
-        "TASKSTACK_ENGINE": "terraform",
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "TASKSTACK_AWS_VPC_CIDR": "10.200.0.0/16",
-        "TASKSTACK_AWS_SUBNET_CIDR": "10.200.0.0/24",
         "TASKSTACK_AWS_PUBLIC_IPS": "false",
+        # moto has no Ubuntu 22.04: boot one of its images, logging in as the hosts' user.
+        "TASKSTACK_AWS_IMAGE": _moto_image(moto),
+        "TASKSTACK_AWS_SSH_USER": "root",
     }
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
@@ -182,11 +176,7 @@ def test_a_two_node_task_runs_on_the_cloud_in_a_box(
     plan = apply.plan_run(
         job / ".dstack.yml", cwd=job, ports=[f"{local_port}:{CONTAINER_PORT}"], environ={}
     )
-    provisioner = CloudProvisioner(
-        load_settings(),
-        backend=plan.backend,
-        image=MachineImage(image_id=_moto_image(aws_in_moto), ssh_user="root"),
-    )
+    provisioner = apply.provisioner_for(plan)
     try:
         result = apply.execute_run(plan, on_event=observer, provisioner=provisioner)
         observer.join()

@@ -24,7 +24,7 @@ from taskstack.home import taskstack_home
 from taskstack.settings import Settings, load_settings
 from taskstack.stacks.engine import EngineEvent
 from taskstack.stacks.terraform import TerraformEngine
-from tests.testbed.moto import MotoServer
+from tests.testbed.moto import MotoServer, aws_environ
 from tests.testbed.plans import TEST_NETWORK, aws_plan, p5_plan
 
 pytestmark = pytest.mark.e2e
@@ -33,22 +33,8 @@ PRIVATE = NetworkPlan(vpc_cidr="10.200.0.0/16", subnet_cidr="10.200.0.0/24", pub
 SUBNET = ipaddress.ip_network(TEST_NETWORK.subnet_cidr)
 
 
-def _environ(moto: MotoServer) -> dict[str, str]:
-    """The settings of a CI job pointed at moto, as environment variables."""
-    return {
-        "TASKSTACK_BACKENDS": "aws",
-        "TASKSTACK_ENGINE": "terraform",
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "TASKSTACK_AWS_VPC_CIDR": "10.200.0.0/16",
-        "TASKSTACK_AWS_SUBNET_CIDR": "10.200.0.0/24",
-    }
-
-
 def _settings(moto: MotoServer, tmp_path: Path) -> Settings:
-    return load_settings(path=tmp_path / "none.yml", environ=_environ(moto))
+    return load_settings(path=tmp_path / "none.yml", environ=aws_environ(moto))
 
 
 def _ubuntu_image(moto: MotoServer) -> str:
@@ -149,7 +135,7 @@ def test_runs_are_workspaces_of_an_s3_state_backend(
         "skip_metadata_api_check": True,
     }
     environ = {
-        **_environ(moto),
+        **aws_environ(moto),
         "TASKSTACK_TF_BACKEND": "s3",
         "TASKSTACK_TF_BACKEND_CONFIG": json.dumps(options),
     }
@@ -194,7 +180,7 @@ def test_a_stack_left_by_a_killed_apply_is_listed_and_destroyed(
 
     taskstack = subprocess.Popen(
         [sys.executable, "-c", _KILLED_APPLY, plan.model_dump_json()],
-        env={**os.environ, **_environ(moto)},
+        env={**os.environ, **aws_environ(moto)},
         cwd=Path(__file__).resolve().parents[2],
     )
     try:

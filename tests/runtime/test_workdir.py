@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -142,3 +144,72 @@ def test_an_unsafe_archive_is_one_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(RunError, match="unsafe entry"):
         extract_snapshot(archive, tmp_path / "node")
+
+
+def test_sockets_and_fifos_are_left_out_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "plain"
+    root.mkdir()
+    (root / "data.txt").write_text("kept\n")
+    os.mkfifo(root / "pipe")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "agent.sock"))
+    archive = tmp_path / "snap.tar"
+
+    try:
+        snapshot = write_snapshot(root, archive)
+    finally:
+        server.close()
+    extract_snapshot(archive, tmp_path / "node")
+
+    assert sorted(p.name for p in (tmp_path / "node").iterdir()) == ["data.txt"]
+    assert snapshot.files == 1
+    assert f"skipping {root / 'pipe'}, a socket, fifo or device file" in caplog.text
+    assert f"skipping {root / 'agent.sock'}" in caplog.text
+
+
+@pytest.mark.parametrize("target", ["../../etc/hostname", "../plain/../../outside.txt"])
+def test_relative_links_out_of_the_directory_are_left_out(tmp_path: Path, target: str) -> None:
+    root = tmp_path / "plain"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "outside.txt").write_text("secret\n")
+    (root / "sub" / "link").symlink_to(target)
+    archive = tmp_path / "snap.tar"
+
+    write_snapshot(root, archive)
+
+    with tarfile.open(archive) as tar:
+        assert "sub/link" not in tar.getnames()
+
+
+def test_a_link_to_a_link_that_leads_out_is_left_out(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    root.mkdir()
+    (tmp_path / "outside.txt").write_text("secret\n")
+    (root / "out").symlink_to(tmp_path / "outside.txt")
+    (root / "hop").symlink_to("out")
+    archive = tmp_path / "snap.tar"
+
+    write_snapshot(root, archive)
+
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == []
+
+
+def test_a_fifo_inside_a_submodule_is_left_out(repo: Path, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "lib.py").write_text("x = 1\n")
+    _git(library, "init", "-q")
+    _git(library, "add", ".")
+    _git(library, "commit", "-q", "-m", "lib")
+    _git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(library), "lib")
+    os.mkfifo(repo / "lib" / "pipe")
+    archive = tmp_path / "snap.tar"
+
+    write_snapshot(repo, archive)
+    extract_snapshot(archive, tmp_path / "node")
+
+    assert (tmp_path / "node" / "lib" / "lib.py").read_text() == "x = 1\n"
+    assert not (tmp_path / "node" / "lib" / "pipe").exists()

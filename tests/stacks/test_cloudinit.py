@@ -7,7 +7,14 @@ import subprocess
 
 import pytest
 
-from taskstack.stacks.cloudinit import READY_FILE, user_data
+from taskstack.stacks.cloudinit import (
+    BOOT_ALLOWANCE_SECONDS,
+    HEARTBEAT_FILE,
+    READY_FILE,
+    WATCHDOG_PATH,
+    user_data,
+    watchdog_script,
+)
 from tests.stacks.plans import catalog_offer, cpu_offer, make_plan
 
 
@@ -54,7 +61,45 @@ def test_power_off_backstop_only_with_max_duration() -> None:
     unarmed = user_data(make_plan("g5.xlarge"))
 
     assert "--on-active=7800s /bin/systemctl poweroff" in armed
-    assert "poweroff" not in unarmed
+    assert "taskstack-backstop" not in unarmed
+
+
+def test_every_node_installs_the_dead_mans_switch() -> None:
+    script = user_data(make_plan(cpu_offer("aws", "c5.xlarge", "us-east-1")))
+
+    assert f"cat > {WATCHDOG_PATH} <<'TASKSTACK_WATCHDOG'" in script
+    assert watchdog_script(grace=600) in script
+    assert f"chown ubuntu {HEARTBEAT_FILE}" in script
+    assert f"systemd-run --unit=taskstack-watchdog {WATCHDOG_PATH}" in script
+    # The first beat is dated ahead: first boot must not count against the grace.
+    assert f'touch -d "@$(( $(date +%s) + {BOOT_ALLOWANCE_SECONDS} ))" {HEARTBEAT_FILE}' in script
+
+
+def test_the_switch_fires_once_the_heartbeat_is_older_than_the_grace(tmp_path) -> None:
+    import time
+
+    heartbeat, fired = tmp_path / "heartbeat", tmp_path / "powered-off"
+    heartbeat.touch()
+    script = watchdog_script(
+        grace=2, heartbeat=str(heartbeat), poweroff=f"touch {fired}", check_seconds=0.2
+    )
+    started = time.monotonic()
+
+    watchdog = subprocess.Popen(["sh", "-c", script])
+    try:
+        while time.monotonic() - started < 2.5:  # beats keep it quiet
+            heartbeat.touch()
+            time.sleep(0.2)
+        quiet = not fired.exists()
+        watchdog.wait(timeout=10)
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+    silent_for = time.monotonic() - started - 2.5
+
+    assert quiet
+    assert fired.exists()
+    assert 2 <= silent_for < 5  # grace 2 s, plus at most one second of `date` rounding
 
 
 def test_same_plan_same_script() -> None:

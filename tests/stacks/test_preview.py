@@ -12,14 +12,18 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from taskstack.errors import OffersError, StackError
-from taskstack.stacks.mocks import paused_gc, run_program
+from taskstack.compiler.plan import NetworkPlan
+from taskstack.errors import EngineMissingError, OffersError, StackError
+from taskstack.stacks.mocks import run_program
 from taskstack.stacks.preview import (
     PREVIEW_SSH_KEY,
     SECRET_MASK,
+    firewall_rules,
     highlights,
+    paused_gc,
     preview,
     preview_task,
+    require_sdk,
 )
 from tests.conftest import REPO_ROOT
 from tests.stacks.plans import make_plan
@@ -171,6 +175,56 @@ def test_highlights_show_what_a_reviewer_checks() -> None:
     assert pairs["on shutdown"] == "terminate"
     assert "taskstack:rank=0" in pairs["tags"]
     assert dict(highlights(template))["EFA interfaces"] == "32"
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "guard"),
+    [
+        ("p5.48xlarge", "aws:ec2/securityGroup:SecurityGroup"),
+        ("g2-standard-4", "gcp:compute/firewall:Firewall"),
+        ("Standard_NC4as_T4_v3", "azure-native:network:NetworkSecurityGroup"),
+    ],
+)
+def test_ssh_and_intra_run_rules_are_shown_apart_on_every_cloud(
+    instance_type: str, guard: str
+) -> None:
+    network = NetworkPlan(ssh_cidr="203.0.113.0/24")
+    result = preview(make_plan(instance_type, nodes=2, network=network))
+
+    rules = [pair for resource in result.of_type(guard) for pair in firewall_rules(resource)]
+
+    labels = sorted(label for label, _ in rules)
+    assert labels == ["SSH from", "intra-run"], rules
+    assert dict(rules)["SSH from"] == "203.0.113.0/24"
+    assert dict(rules)["intra-run"].startswith("all traffic between the run's nodes")
+    assert "203.0.113.0/24" not in dict(rules)["intra-run"]
+
+
+def test_highlights_carry_the_firewall_rules() -> None:
+    result = preview(make_plan("Standard_NC4as_T4_v3", nodes=2))
+
+    (nsg,) = result.of_type("azure-native:network:NetworkSecurityGroup")
+
+    pairs = highlights(nsg)
+    assert ("SSH from", "0.0.0.0/0") in pairs
+    assert ("intra-run", "all traffic between the run's nodes (10.200.0.0/24)") in pairs
+
+
+@pytest.mark.parametrize(
+    ("cloud", "blocked", "label"),
+    [
+        ("aws", "pulumi", "AWS"),
+        ("gcp", "pulumi_gcp", "GCP"),
+        ("azure", "pulumi_azure_native", "Azure"),
+    ],
+)
+def test_a_missing_sdk_names_the_extra_to_install(
+    cloud: str, blocked: str, label: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, blocked, None)
+
+    with pytest.raises(EngineMissingError, match=rf"^the {label} preview needs the Pulumi SDK"):
+        require_sdk(cloud)
 
 
 def test_preview_task_picks_the_cheapest_offer_of_the_backend(tmp_path: Path) -> None:

@@ -188,3 +188,34 @@ def test_backends_in_use_reads_the_file_in_the_state_folder(
     config_path().write_text("backends:\n  azure:\n    subscription_id: sub-1\n")
 
     assert backends_in_use() == ["azure"]
+
+
+def test_the_aws_image_and_its_user_come_from_the_environment(tmp_path: Path) -> None:
+    from taskstack.provision import MachineImage, machine_image
+
+    environ = {
+        "TASKSTACK_BACKENDS": "aws",
+        "TASKSTACK_AWS_IMAGE": "ami-0123",
+        "TASKSTACK_AWS_SSH_USER": "ec2-user",
+    }
+
+    settings = load_settings(path=tmp_path / "absent.yml", environ=environ)
+
+    assert machine_image(settings, "aws") == MachineImage(image_id="ami-0123", ssh_user="ec2-user")
+    assert machine_image(settings, "gcp") is None
+    plain = load_settings(path=tmp_path / "absent.yml", environ={"TASKSTACK_BACKENDS": "aws"})
+    assert machine_image(plain, "aws") is None
+
+
+def test_the_network_plan_comes_from_the_aws_settings_only(tmp_path: Path) -> None:
+    settings = load_settings(path=_write(tmp_path, FULL), environ={})
+
+    network = settings.network_plan("aws")
+
+    assert network is not None
+    assert (network.subnet_cidr, network.ssh_cidr, network.public_ips) == (
+        "10.200.1.0/24",
+        "203.0.113.0/24",
+        False,
+    )
+    assert settings.network_plan("gcp") is None

@@ -14,6 +14,9 @@ CPU_CATALOG = (
     "disk_size,gpu_vendor,flags,cpu_arch,provider_data\n"
     "aws,t3.large,us-east-1,0.0832,2,8.0,0,,,False,,,,x86,\n"
     "aws,t3.large,eu-west-1,0.0912,2,8.0,0,,,False,,,,x86,\n"
+    # The next offer of a run whose first one the cloud refuses for capacity.
+    "aws,t3.xlarge,us-east-1,0.1664,4,16.0,0,,,False,,,,x86,\n"
+    "aws,t3.xlarge,eu-west-1,0.1824,4,16.0,0,,,False,,,,x86,\n"
 )
 
 

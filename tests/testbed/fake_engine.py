@@ -7,9 +7,15 @@ outlives the process that made it (a killed apply leaves it behind, as with Terr
 key there as cloud-init would; `destroy` removes the stack (already gone is success);
 `list_stacks` lists the files. Every call is appended to `calls` and to the stack's file.
 
-Faults are explicit: `fail_up` raises the given error after the stack exists; `hang_up`
-blocks `up` (after the stack is recorded) until the process is killed; `interrupt_up`
-sends this process SIGINT during `up`, as a Ctrl+C in the terminal would.
+Each `up` launches its nodes on the next machines of `hosts` that no earlier `up` of this
+engine used, so a run provisioned again (`retry: interruption`) lands on fresh machines.
+
+Faults are explicit: `fail_up` raises the given error after the stack exists; `no_capacity_for`
+names instance types the fake cloud refuses (`NoCapacityError` after the stack's network
+exists, before any node); `hang_up` blocks `up` (after the stack is recorded) until the
+process is killed; `interrupt_up` sends this process SIGINT during `up`, as a Ctrl+C in the
+terminal would. `preview_seconds`, `up_seconds` and `destroy_seconds` make those calls take
+that long (after the stack is recorded), so a signal can arrive in the middle of them.
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ import json
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from taskstack.compiler.plan import ClusterPlan
-from taskstack.errors import StackError
+from taskstack.errors import NoCapacityError, StackError
 from taskstack.home import taskstack_home
 from taskstack.runtime.spec import Node
 from taskstack.stacks.engine import EngineEvent, OnEvent, PlannedResource, StackPreview
@@ -39,19 +45,31 @@ class FakeEngine:
         fail_up: Exception | None = None,
         hang_up: bool = False,
         interrupt_up: bool = False,
+        no_capacity_for: Collection[str] = (),
+        preview_seconds: float = 0.0,
+        up_seconds: float = 0.0,
+        destroy_seconds: float = 0.0,
     ) -> None:
         self.name = name
         self.hosts = list(hosts)
         self.fail_up = fail_up
         self.hang_up = hang_up
         self.interrupt_up = interrupt_up
+        self.no_capacity_for = set(no_capacity_for)
+        self.preview_seconds = preview_seconds
+        self.up_seconds = up_seconds
+        self.destroy_seconds = destroy_seconds
         self.calls: list[str] = []
+        self.instance_types: list[str] = []
+        """The instance type of every `up`, in order."""
+        self._used = 0
 
     def preview(self, plan: ClusterPlan) -> StackPreview:
         self._call("preview", plan.run_name)
         state = self._load(plan.run_name) or {"calls": []}
         state.update(plan=plan.model_dump(mode="json"), nodes=[])
         self._save(plan.run_name, state)
+        time.sleep(self.preview_seconds)  # an engine's refresh and plan take a while
         resources = [PlannedResource(type="fake_network", name="net")]
         resources += [PlannedResource(type="fake_instance", name=n.name) for n in plan.nodes]
         return StackPreview(run_name=plan.run_name, engine=self.name, resources=tuple(resources))
@@ -61,12 +79,21 @@ class FakeEngine:
         state = self._load(plan.run_name)
         if state is None or state["plan"] != plan.model_dump(mode="json"):
             raise StackError(f"run {plan.run_name} was not previewed with this plan")
+        self.instance_types.append(plan.instance_type)
+        time.sleep(self.up_seconds)  # creating the network before the nodes
         while self.hang_up:  # killed half-way through creating the stack
             time.sleep(0.1)
-        if len(self.hosts) < plan.node_count:
-            raise StackError(f"fake cloud has {len(self.hosts)} machines for {plan.node_count}")
+        if plan.instance_type in self.no_capacity_for:
+            raise NoCapacityError(f"no capacity for {plan.instance_type} in {plan.region}")
+        free = self.hosts[self._used :]
+        if len(free) < plan.node_count:
+            raise StackError(f"fake cloud has {len(free)} machines for {plan.node_count}")
 
-        nodes = [self._launch(plan, rank, on_event) for rank in range(plan.node_count)]
+        nodes = [
+            self._launch(plan, host, on_event, rank=rank)
+            for rank, host in enumerate(free[: plan.node_count])
+        ]
+        self._used += plan.node_count
         state["nodes"] = [node.model_dump(mode="json") for node in nodes]
         self._save(plan.run_name, state)
         self._faults()
@@ -74,6 +101,7 @@ class FakeEngine:
 
     def destroy(self, run_name: str, on_event: OnEvent | None = None) -> None:
         self._call("destroy", run_name)
+        time.sleep(self.destroy_seconds)
         state = self._load(run_name)
         for node in (state or {}).get("nodes", []):
             if on_event is not None:
@@ -84,8 +112,9 @@ class FakeEngine:
         folder = _folder()
         return sorted(path.stem for path in folder.glob("*.json")) if folder.is_dir() else []
 
-    def _launch(self, plan: ClusterPlan, rank: int, on_event: OnEvent | None) -> Node:
-        host = self.hosts[rank]
+    def _launch(
+        self, plan: ClusterPlan, host: object, on_event: OnEvent | None, *, rank: int
+    ) -> Node:
         if on_event is not None:
             on_event(_event(f"fake_instance.{rank}", "create", "started"))
         # What cloud-init does with the key pair on a real instance.

@@ -310,6 +310,7 @@ class Testbed:
         _ip(*inside, "addr", "add", f"{host.address}/{SUBNET.prefixlen}", "dev", inner)
         _ip(*inside, "link", "set", inner, "up")
         _ip(*inside, "route", "add", "default", "via", GATEWAY)
+        self._forget_neighbour(host)
         _ip("route", "add", f"{host.address}/32", "dev", self.bridge, "src", GATEWAY)
 
     def _veth(self, host: TestHost) -> str:
@@ -426,6 +427,12 @@ class Testbed:
         _run(["ip", "link", "del", self._veth(host)], check=False)
         _run(["ip", "netns", "del", host.name], check=False)
         _run(["ip", "route", "del", f"{host.address}/32", "dev", self.bridge], check=False)
+        self._forget_neighbour(host)
+
+    def _forget_neighbour(self, host: TestHost) -> None:
+        # A host made again at a removed host's address has a new MAC; a cached neighbour
+        # entry would send its first packets to the old one for tens of seconds.
+        _run(["ip", "neigh", "flush", "to", host.address, "dev", self.bridge], check=False)
 
 
 _SSHD_CONFIG = """\

@@ -90,6 +90,21 @@ def moto(moto_server: MotoServer) -> MotoServer:
     return moto_server
 
 
+def aws_environ(moto: MotoServer) -> dict[str, str]:
+    """The settings of a CI job pointed at `moto`, as environment variables: AWS through
+    Terraform, test credentials, and the stacks' network inside the test subnet."""
+    return {
+        "TASKSTACK_BACKENDS": "aws",
+        "TASKSTACK_ENGINE": "terraform",
+        "AWS_ENDPOINT_URL": moto.url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "TASKSTACK_AWS_VPC_CIDR": "10.200.0.0/16",
+        "TASKSTACK_AWS_SUBNET_CIDR": "10.200.0.0/24",
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
