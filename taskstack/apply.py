@@ -48,6 +48,7 @@ from taskstack.errors import (
     OffersError,
     RunError,
 )
+from taskstack.home import ensure_home
 from taskstack.records import RunRecord, RunStatus
 from taskstack.runtime import job
 from taskstack.runtime.job import JobEvent, JobResult, LogLine, NodeStarted, Transport
@@ -227,9 +228,13 @@ def plan_run(
         OffersError: no offer fits the task.
         RunError: a run with this name is still active, or the backend cannot run the task.
     """
-    from taskstack.compiler.config import load_task, resolve_env
+    from taskstack.compiler.config import load_task, resolve_env, validate_run_name
     from taskstack.runtime.workdir import repo_id, repo_root
 
+    if name is not None:
+        # `--name` becomes a folder and cloud resource names: check it before anything else.
+        validate_run_name(name)
+    ensure_home("runs")
     task = load_task(config_path)
     env = resolve_env(task, cli_env=list(cli_env), environ=dict(environ or os.environ))
     task = task.model_copy(update={"env": env})

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from taskstack.errors import RunError
-from taskstack.home import runs_dir
+from taskstack.home import ensure_home, runs_dir
 
 RunStatus = Literal[
     "submitted",
@@ -127,8 +127,7 @@ def create_record(record: RunRecord) -> RunRecord:
     Raises:
         RunError: a run with the same name is still active.
     """
-    folder = run_dir(record.name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_home("runs", record.name)
     with _locked(folder):
         existing = _read(folder / RECORD_FILE)
         if existing is not None and refresh(existing).active:

@@ -80,3 +80,25 @@ def test_offers_with_a_file_as_home_is_one_clear_error(
 
     with pytest.raises(ConfigError, match="TASKSTACK_HOME=.* is a file"):
         catalog._load_online_or_fallback()
+
+
+def test_apply_with_a_state_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    task = tmp_path / "task.yml"
+    task.write_text("type: task\ncommands: ['true']\n")
+    env = {"TASKSTACK_HOME": "/etc/passwd", "PATH": "/usr/bin:/bin"}
+
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dstack")), "apply", "-f", str(task), "-y"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1
+    assert "TASKSTACK_HOME" in done.stderr
+    assert "Traceback" not in done.stderr

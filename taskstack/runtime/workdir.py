@@ -86,8 +86,10 @@ def write_snapshot(root: Path, archive: Path) -> Snapshot:
                 with open(root / path, "rb") as handle:
                     tar.addfile(info, handle)
                 size += info.size
+            elif info.issym():
+                tar.addfile(info)
             else:
-                # Directories here are git submodules; links stay links.
+                # Directories here are git submodules.
                 tar.add(
                     str(root / path), arcname=path, recursive=info.isdir(), filter=_transferable
                 )
@@ -108,6 +110,14 @@ def _entry(tar: tarfile.TarFile, *, root: Path, path: str) -> tarfile.TarInfo | 
         # A node has no such target; extracting it would be refused as unsafe.
         log.warning("snapshot: skipping %s, a link to outside %s", path, root)
         return None
+    if info.issym() and os.path.isabs(info.linkname):
+        # An absolute link into the directory names this machine's path; on a node the
+        # copy lives elsewhere, so it travels as the same link made relative.
+        target = Path(os.path.normpath(info.linkname))
+        base = (root / path).parent
+        info.linkname = os.path.relpath(
+            target, base if target.is_relative_to(base) else base.resolve()
+        )
     return info
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -289,3 +290,30 @@ def _wait_for(condition, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_a_name_that_is_no_run_name_starts_nothing(tmp_path: Path, taskstack_home: Path) -> None:
+    task = tmp_path / "task.yml"
+    task.write_text("type: task\ncommands: ['true']\n")
+
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dstack")),
+            "apply",
+            "-f",
+            str(task),
+            "-y",
+            "--name",
+            "../escape",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1
+    assert "`--name`" in done.stderr
+    assert not (taskstack_home / "escape").exists()
+    assert not (taskstack_home / "runs").exists() or not any((taskstack_home / "runs").iterdir())
+    assert "Traceback" not in done.stderr

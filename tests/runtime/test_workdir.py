@@ -213,3 +213,17 @@ def test_a_fifo_inside_a_submodule_is_left_out(repo: Path, tmp_path: Path) -> No
 
     assert (tmp_path / "node" / "lib" / "lib.py").read_text() == "x = 1\n"
     assert not (tmp_path / "node" / "lib" / "pipe").exists()
+
+
+def test_an_absolute_link_into_the_directory_travels_as_a_relative_link(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "train.csv").write_text("x,y\n")
+    (root / "latest").symlink_to(root / "data")
+    archive = tmp_path / "snap.tar"
+
+    write_snapshot(root, archive)
+    extract_snapshot(archive, tmp_path / "node")
+
+    assert (tmp_path / "node" / "latest").is_symlink()
+    assert (tmp_path / "node" / "latest" / "train.csv").read_text() == "x,y\n"
