@@ -99,6 +99,18 @@ class NodesUp:
 
 
 @dataclass(frozen=True)
+class UploadProgress:
+    """`sent` of `total` bytes of the working directory have reached node `rank`."""
+
+    rank: int
+    sent: int
+    total: int
+
+
+OnUpload = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
 class AttemptStarted:
     """`retry` starts attempt `number` (2, 3, ...) after `event` (`no-capacity`,
     `interruption` or `error`); `reason` says what happened to the previous attempt."""
@@ -128,6 +140,7 @@ ApplyEvent = (
     StepStarted
     | Previewed
     | NodesUp
+    | UploadProgress
     | AttemptStarted
     | StillAlive
     | RunFinished
@@ -201,8 +214,13 @@ class Provisioner(Protocol):
         """Create the previewed nodes and return them with their ranks."""
         ...
 
-    async def transports(self, plan: RunPlan, nodes: Sequence[Node]) -> list[Transport]:
-        """One transport per node, in the order of `nodes`, once the nodes can take a job."""
+    async def transports(
+        self, plan: RunPlan, nodes: Sequence[Node], *, on_upload: OnUpload | None = None
+    ) -> list[Transport]:
+        """One transport per node, in the order of `nodes`, once the nodes can take a job.
+
+        `on_upload(rank, sent, total)` hears how far each node's snapshot upload is.
+        """
         ...
 
     async def destroy(self, plan: RunPlan, on_event: OnEngineEvent | None = None) -> None:
@@ -449,7 +467,10 @@ class LocalProvisioner:
             for rank in range(plan.nodes_num)
         ]
 
-    async def transports(self, plan: RunPlan, nodes: Sequence[Node]) -> list[Transport]:
+    async def transports(
+        self, plan: RunPlan, nodes: Sequence[Node], *, on_upload: OnUpload | None = None
+    ) -> list[Transport]:
+        # Local nodes extract the snapshot from this machine's disk: there is no upload.
         from taskstack.runtime.local import LocalTransport, node_marker
         from taskstack.runtime.localdocker import LocalDockerTransport
 
@@ -659,7 +680,7 @@ class _Run:
         self._record_addresses(nodes)
         # Subscribers see the nodes before anything connects to them.
         self.on_event(NodesUp(nodes=tuple(nodes)))
-        transports = await self.provisioner.transports(self.plan, nodes)
+        transports = await self.provisioner.transports(self.plan, nodes, on_upload=self._on_upload)
         snapshot = await asyncio.to_thread(self._snapshot)
 
         while True:
@@ -676,7 +697,12 @@ class _Run:
 
             await asyncio.sleep(backoff)
             self._next_attempt("error", outcome.reason)
-            transports = await self.provisioner.transports(self.plan, nodes)
+            transports = await self.provisioner.transports(
+                self.plan, nodes, on_upload=self._on_upload
+            )
+
+    def _on_upload(self, rank: int, sent: int, total: int) -> None:
+        self.on_event(UploadProgress(rank=rank, sent=sent, total=total))
 
     async def _start_over(self, event: RetryEvent, exc: Exception) -> None:
         """Destroy what the attempt left, pick the offer, preview again for the next one."""

@@ -29,7 +29,7 @@ from taskstack.records import RunRecord
 from taskstack.runtime.spec import Node
 
 if TYPE_CHECKING:
-    from taskstack.apply import Preview, RunPlan
+    from taskstack.apply import OnUpload, Preview, RunPlan
     from taskstack.compiler.plan import ClusterPlan
     from taskstack.runtime.job import Transport
     from taskstack.runtime.ssh import SSHPool
@@ -156,7 +156,9 @@ class CloudProvisioner:
         key_path = run_key_pair(plan.name).private_key_path
         return [node.model_copy(update={"key_path": key_path}) for node in nodes]
 
-    async def transports(self, plan: RunPlan, nodes: Sequence[Node]) -> list[Transport]:
+    async def transports(
+        self, plan: RunPlan, nodes: Sequence[Node], *, on_upload: OnUpload | None = None
+    ) -> list[Transport]:
         """One SSH transport per node, once every node answers SSH and Docker.
 
         The transports share one pool, which pins each node's host key for the run and
@@ -182,6 +184,7 @@ class CloudProvisioner:
                 run_name=plan.name,
                 nodes=len(nodes),
                 lost_after_seconds=self.lost_after_seconds,
+                on_upload=on_upload,
                 # A lost node must not hold the others' stop for longer than it took to lose.
                 stop_connect_seconds=min(STOP_CONNECT_SECONDS, self.lost_after_seconds),
             )

@@ -9,6 +9,7 @@ nothing is left: no stack, no key, no container.
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -234,3 +235,25 @@ def test_a_node_whose_docker_never_answers_is_a_clear_error(testbed: Testbed) ->
         testbed.remove_host(host)
 
     assert 1 < waited < 15  # it retried until the deadline, then gave up
+
+
+def test_a_large_working_directory_reports_its_upload_to_every_node(
+    aws: Path, test_hosts: list[TestHost]
+) -> None:
+    # Random bytes: the SSH upload compresses on the wire, and this must stay large there.
+    (aws / "weights.bin").write_bytes(os.urandom(9 << 20))
+    engine = FakeEngine(hosts=test_hosts)
+    plan = _plan(aws, ["wc -c < weights.bin"])
+    events: list[object] = []
+
+    result = apply.execute_run(plan, on_event=events.append, provisioner=_provisioner(engine))
+
+    assert (result.status, result.exit_status) == ("done", 0)
+    uploads = [e for e in events if isinstance(e, apply.UploadProgress)]
+    assert {e.rank for e in uploads} == {0, 1}
+    for rank in (0, 1):
+        last = [e for e in uploads if e.rank == rank][-1]
+        assert last.sent == last.total > 9 << 20
+    lines = {e.text.strip() for e in events if isinstance(e, LogLine)}
+    assert lines == {str(9 << 20)}
+    _nothing_left(engine)

@@ -182,6 +182,10 @@ def _confirm(question: str) -> bool:
         return False
 
 
+UPLOAD_BAR_BYTES = 8 << 20
+"""Below this a working directory uploads faster than a bar can be read."""
+
+
 class _EventPrinter:
     """Renders the run's events: the stack preview, the engine's progress as a live status,
     log lines (prefixed by rank on multi-node runs), and how the run ended."""
@@ -189,9 +193,15 @@ class _EventPrinter:
     def __init__(self, *, nodes: int) -> None:
         self.nodes = nodes
         self._status: Any = None
+        self._uploads: Any = None
+        self._upload_tasks: dict[int, Any] = {}
 
     def close(self) -> None:
-        """Stop the live status, if one is showing."""
+        """Stop the live status and the upload bars, if they are showing."""
+        if self._uploads is not None:
+            self._uploads.stop()
+            self._uploads = None
+            self._upload_tasks.clear()
         if self._status is not None:
             self._status.stop()
             self._status = None
@@ -203,6 +213,8 @@ class _EventPrinter:
 
         if isinstance(event, job.LogLine):
             self._line(event)
+        elif isinstance(event, apply.UploadProgress):
+            self._upload(event)
         elif isinstance(event, EngineEvent):
             self._engine_event(event)
         elif isinstance(event, apply.Previewed) and event.preview.stack is not None:
@@ -247,6 +259,31 @@ class _EventPrinter:
         elif isinstance(event, apply.RunFinished):
             self.close()
             self._finished(event.result)
+
+    def _upload(self, event: Any) -> None:
+        """A progress bar per node for a snapshot big enough to wait for."""
+        if event.total < UPLOAD_BAR_BYTES:
+            return
+        if self._uploads is None:
+            from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+            if self._status is not None:
+                self._status.stop()
+                self._status = None
+            self._uploads = Progress(
+                *Progress.get_default_columns(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=console,
+            )
+            self._uploads.start()
+        task = self._upload_tasks.get(event.rank)
+        if task is None:
+            task = self._uploads.add_task(f"upload to node {event.rank}", total=event.total)
+            self._upload_tasks[event.rank] = task
+        self._uploads.update(task, completed=event.sent)
+        if all(t.finished for t in self._uploads.tasks):
+            self.close()
 
     def _show(self, text: str) -> None:
         if self._status is None:
