@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -40,6 +41,9 @@ ACTIVE: frozenset[str] = frozenset({"submitted", "provisioning", "running"})
 
 RECORD_FILE = "run.json"
 LOG_FILE = "logs.txt"
+
+
+log = logging.getLogger(__name__)
 
 
 class NodeRecord(BaseModel):
@@ -172,7 +176,12 @@ def list_records(*, include_finished: bool) -> list[RunRecord]:
     folder = runs_dir()
     records = []
     for path in folder.glob(f"*/{RECORD_FILE}") if folder.is_dir() else ():
-        record = _read(path)
+        try:
+            record = _read(path)
+        except RunError as exc:
+            # One damaged record must not hide every other run.
+            log.warning("%s", exc)
+            continue
         if record is None:
             continue
         record = refresh(record)

@@ -91,7 +91,9 @@ def stop(
     from rich.prompt import Confirm
 
     from taskstack.apply import stop_run
+    from taskstack.records import load_record
 
+    load_record(run)  # an unknown run is one line, before any question
     if not yes and not Confirm.ask(f"Stop the run [bold]{run}[/bold]?", console=console):
         sys.exit(1)
     record = stop_run(run)

@@ -261,3 +261,26 @@ def test_stop_of_a_cloud_run_whose_apply_died_destroys_its_stack(fake_cloud: Pat
     assert FakeEngine().list_stacks() == []
     record = records.load_record("crashed-2")
     assert (record.status, record.stack) == ("terminated", None)
+
+
+def test_stop_of_an_unknown_run_says_so_before_asking() -> None:
+    done = subprocess.run(
+        [str(DSTACK), "stop", "ghost-1"], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+
+    assert done.returncode == 1
+    assert "Stop the run" not in done.stdout
+    assert done.stderr == "error: no run named ghost-1; `dstack ps -a` lists the runs\n"
+
+
+def test_a_damaged_record_does_not_hide_the_other_runs(tmp_path: Path) -> None:
+    _apply(tmp_path, "type: task\nname: fine-1\ncommands: [echo one]\n")
+    damaged = records.runs_dir() / "broken-1"
+    damaged.mkdir(parents=True)
+    (damaged / records.RECORD_FILE).write_text("{not json")
+
+    everything = CliRunner().invoke(app, ["ps", "-a"])
+
+    assert everything.exit_code == 0
+    assert "fine-1" in everything.output
+    assert "broken-1" not in everything.output
