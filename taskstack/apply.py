@@ -435,6 +435,14 @@ def generate_name() -> str:
     return f"{base}-{number}"
 
 
+LOCAL_NODES_PER_CPU = 4
+
+
+def local_max_nodes() -> int:
+    """The most nodes the local backend starts: a few per CPU, never fewer than 8."""
+    return max(8, LOCAL_NODES_PER_CPU * (os.cpu_count() or 1))
+
+
 class LocalProvisioner:
     """The local backend: every node is a process group on this machine (no engine)."""
 
@@ -442,7 +450,15 @@ class LocalProvisioner:
     engine_name: str | None = None
 
     def check(self, plan: RunPlan) -> None:
-        """Check the local backend's prerequisites: free ports, and Docker for `image:`."""
+        """Check the local backend's prerequisites: a node count this machine can hold, free
+        ports, and Docker for `image:`."""
+        most = local_max_nodes()
+        if plan.nodes_num > most:
+            raise ConfigError(
+                f"`nodes: {plan.nodes_num}` is more than the local backend runs here (at most "
+                f"{most}, {LOCAL_NODES_PER_CPU} per CPU: each node is a copy of the working "
+                f"directory and its processes); lower `nodes` or configure a cloud"
+            )
         # Containers publish a port under its own number too: this machine's port either way.
         check_ports_free(plan.spec.ports, host_network=True)
         if plan.spec.image is not None:

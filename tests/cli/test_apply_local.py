@@ -317,3 +317,22 @@ def test_a_name_that_is_no_run_name_starts_nothing(tmp_path: Path, taskstack_hom
     assert not (taskstack_home / "escape").exists()
     assert not (taskstack_home / "runs").exists() or not any((taskstack_home / "runs").iterdir())
     assert "Traceback" not in done.stderr
+
+
+def test_more_nodes_than_this_machine_holds_starts_nothing(
+    tmp_path: Path, taskstack_home: Path
+) -> None:
+    task = tmp_path / "task.yml"
+    task.write_text("type: task\nname: crowd-1\nnodes: 100000\ncommands: ['true']\n")
+
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dstack")), "apply", "-f", str(task), "-y"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1
+    assert "`nodes: 100000` is more than the local backend runs here" in done.stderr
+    assert not (taskstack_home / "runs" / "crowd-1").exists()
