@@ -1059,6 +1059,23 @@ def _refuse_active(name: str) -> None:
                 f"run {name} is still {record.status}; stop it with `dstack stop {name}` "
                 f"or pick another `--name`"
             )
+        if record.backend == "local" and _leftover_processes(record):
+            # An apply killed with SIGKILL leaves its nodes running; a new record of the
+            # same name would lose track of them.
+            raise ConfigError(
+                f"run {name} was {record.status} but its processes still run; end them with "
+                f"`dstack stop {name}` or pick another `--name`"
+            )
+
+
+def _leftover_processes(record: RunRecord) -> list[int]:
+    from taskstack.runtime.local import marked_processes, node_marker
+
+    return [
+        pid
+        for rank in range(record.nodes_num)
+        for pid in marked_processes(node_marker(record.name, record.run_id, rank))
+    ]
 
 
 def _require_docker(image: str) -> None:

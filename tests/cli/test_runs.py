@@ -99,6 +99,11 @@ def test_stop_of_a_run_whose_apply_died_kills_what_it_left(tmp_path: Path) -> No
     runner.kill()  # SIGKILL: the apply cannot clean up; its nodes live on
     runner.wait()
     assert records.load_record("orphan-1").status == "aborted"
+    again = subprocess.run(
+        [str(DSTACK), "apply", "-f", str(path), "-y"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert again.returncode == 1
+    assert "its processes still run; end them with `dstack stop orphan-1`" in again.stderr
 
     stopped = CliRunner().invoke(app, ["stop", "orphan-1", "-y"])
 
