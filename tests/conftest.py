@@ -10,7 +10,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
 # One moto server for the whole session, and Terraform set up offline (tests/testbed/).
-pytest_plugins = ["tests.testbed.moto", "tests.testbed.terraform", "tests.testbed.hosts"]
+pytest_plugins = [
+    "tests.testbed.moto",
+    "tests.testbed.terraform",
+    "tests.testbed.hosts",
+    "tests.testbed.catalogs",
+]
 
 
 @pytest.fixture(autouse=True)

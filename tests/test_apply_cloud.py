@@ -25,7 +25,6 @@ from taskstack.runtime.job import LogLine
 from taskstack.runtime.ssh import SSHPool
 from taskstack.settings import load_settings
 from taskstack.stacks.keys import keys_dir
-from tests.testbed.catalogs import cpu_catalog
 from tests.testbed.fake_engine import FakeEngine
 from tests.testbed.hosts import Testbed, TestHost
 
@@ -39,17 +38,6 @@ class _Machine:
 
     def authorize(self, public_key: str) -> None:
         self.keys.append(public_key)
-
-
-@pytest.fixture
-def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """AWS configured through the environment, a catalog with one CPU type; the task folder."""
-    monkeypatch.setenv("TASKSTACK_CATALOG", str(cpu_catalog(tmp_path / "catalog")))
-    monkeypatch.setenv("TASKSTACK_BACKENDS", "aws")
-    monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    job = tmp_path / "job"
-    job.mkdir()
-    return job
 
 
 def _plan(job: Path, commands: list[str], *, nodes: int = 2) -> apply.RunPlan:

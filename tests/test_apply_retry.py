@@ -21,23 +21,11 @@ from taskstack.provision import CloudProvisioner, MachineImage
 from taskstack.runtime.job import JobStopping, LogLine
 from taskstack.settings import load_settings
 from taskstack.stacks.keys import keys_dir
-from tests.testbed.catalogs import cpu_catalog
 from tests.testbed.fake_engine import FakeEngine
 from tests.testbed.hosts import Testbed, TestHost
 
 RUN = "retried"
 LOST_AFTER = 3.0
-
-
-@pytest.fixture
-def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """AWS configured through the environment, a catalog of two CPU types; the task folder."""
-    monkeypatch.setenv("TASKSTACK_CATALOG", str(cpu_catalog(tmp_path / "catalog")))
-    monkeypatch.setenv("TASKSTACK_BACKENDS", "aws")
-    monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    job = tmp_path / "job"
-    job.mkdir()
-    return job
 
 
 def _plan(job: Path, body: str, *, image: bool = True) -> apply.RunPlan:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 CPU_CATALOG = (
     "provider,instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,"
     "disk_size,gpu_vendor,flags,cpu_arch,provider_data\n"
@@ -25,3 +27,14 @@ def cpu_catalog(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "offers.csv").write_text(CPU_CATALOG)
     return folder
+
+
+@pytest.fixture
+def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """AWS configured through the environment with the CPU catalog; the task folder."""
+    monkeypatch.setenv("TASKSTACK_CATALOG", str(cpu_catalog(tmp_path / "catalog")))
+    monkeypatch.setenv("TASKSTACK_BACKENDS", "aws")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    job = tmp_path / "job"
+    job.mkdir()
+    return job
