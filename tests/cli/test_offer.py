@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import taskstack.cli.offer  # noqa: F401  (registers the command)
-from taskstack.cli.app import app, main
+from taskstack.cli.app import app
 from taskstack.cli.offer import offers_table
 from taskstack.compiler.catalog import load_packaged
 from taskstack.compiler.offers import Requirements, find_offers
+from tests.cli.errors import one_error_line
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "160"}
@@ -156,17 +156,9 @@ def test_errors_are_one_red_line_and_exit_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["dstack", "offer", *args])
+    err = one_error_line(["offer", *args], monkeypatch, capsys)
 
-    with pytest.raises(SystemExit) as exited:
-        main()
-
-    captured = capsys.readouterr()
-    assert exited.value.code == 1
-    assert captured.out == ""
-    assert captured.err.startswith(message), captured.err
-    assert "Traceback" not in captured.err
-    assert len(captured.err.strip().splitlines()) == 1 or "\n" not in captured.err.strip()
+    assert err.startswith(message), err
 
 
 def test_spot_flags_exclude_each_other() -> None:

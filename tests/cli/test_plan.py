@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 import taskstack.cli.plan  # noqa: F401  (registers the command)
-from taskstack.cli.app import app, main
+from taskstack.cli.app import app
+from tests.cli.errors import one_error_line
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}
@@ -135,16 +136,9 @@ def test_errors_are_one_red_line_and_exit_1(
 ) -> None:
     monkeypatch.chdir(task_file.parent)
     argv = [arg.replace("{task}", str(task_file)) for arg in args]
-    monkeypatch.setattr(sys, "argv", ["dstack", "plan", *argv])
+    err = one_error_line(["plan", *argv], monkeypatch, capsys)
 
-    with pytest.raises(SystemExit) as exited:
-        main()
-
-    captured = capsys.readouterr()
-    assert exited.value.code == 1
-    assert captured.out == ""
-    assert captured.err.startswith(message), captured.err
-    assert "Traceback" not in captured.err
+    assert err.startswith(message), err
 
 
 @pytest.mark.parametrize(
