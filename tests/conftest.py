@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.testbed.terraform",
     "tests.testbed.hosts",
     "tests.testbed.catalogs",
+    "tests.testbed.cloudbox",
 ]
 
 

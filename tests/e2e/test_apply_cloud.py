@@ -27,9 +27,9 @@ from taskstack.runtime.job import LogLine, PortsForwarded
 from taskstack.runtime.remote import REMOTE_ROOT
 from taskstack.stacks.engine import EngineEvent
 from taskstack.stacks.keys import run_key_pair
-from tests.testbed.catalogs import cpu_catalog
+from tests.testbed.cloudbox import assert_port_free, live_instances, run_processes
 from tests.testbed.hosts import Testbed, TestHost, free_local_port, http_get_local
-from tests.testbed.moto import MotoServer, aws_environ
+from tests.testbed.moto import MotoServer
 
 pytestmark = pytest.mark.e2e
 
@@ -71,22 +71,6 @@ _SERVE = textwrap.dedent(
     echo "served"
     """
 )
-
-
-@pytest.fixture
-def aws_in_moto(moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    """Settings of a CI job pointed at moto, as environment variables, and a catalog."""
-    environ = {
-        **aws_environ(moto),
-        "TASKSTACK_CATALOG": str(cpu_catalog(tmp_path / "catalog")),
-        "TASKSTACK_AWS_PUBLIC_IPS": "false",
-        # moto has no Ubuntu 22.04: boot one of its images, logging in as the hosts' user.
-        "TASKSTACK_AWS_IMAGE": _moto_image(moto),
-        "TASKSTACK_AWS_SSH_USER": "root",
-    }
-    for key, value in environ.items():
-        monkeypatch.setenv(key, value)
-    return moto
 
 
 class _Observer:
@@ -137,31 +121,6 @@ class _Observer:
         self.marks[step] = round(time.monotonic() - self.started, 1)
 
 
-def _moto_image(moto: MotoServer) -> str:
-    images = moto.client("ec2").describe_images(Owners=["099720109477"])["Images"]
-    return sorted(images, key=lambda image: image["Name"])[-1]["ImageId"]
-
-
-def _live_instances(moto: MotoServer) -> list[str]:
-    reservations = moto.client("ec2").describe_instances(
-        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
-    )["Reservations"]
-    return [i["InstanceId"] for r in reservations for i in r["Instances"]]
-
-
-def _run_processes(host: TestHost) -> list[str]:
-    """Processes on the host that belong to the run (attached clients, log followers)."""
-    found = []
-    for pid in host.pids():
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if RUN in command or "tail " in command or "docker start" in command:
-            found.append(f"{pid}: {command}")
-    return found
-
-
 def test_a_two_node_task_runs_on_the_cloud_in_a_box(
     aws_in_moto: MotoServer, terraform_cli: Path, testbed: Testbed, tmp_path: Path
 ) -> None:
@@ -182,7 +141,7 @@ def test_a_two_node_task_runs_on_the_cloud_in_a_box(
         observer.join()
         elapsed = round(time.monotonic() - started, 1)
         containers = {host.address: host.containers() for host in observer.hosts}
-        processes = {host.address: _run_processes(host) for host in observer.hosts}
+        processes = {host.address: run_processes(host, RUN) for host in observer.hosts}
     finally:
         for host in list(observer.hosts):
             testbed.remove_host(host)
@@ -202,7 +161,7 @@ def test_a_two_node_task_runs_on_the_cloud_in_a_box(
     assert observer.pages == {"index": "hello from rank 0\n", "done": "bye\n"}
     assert any(e.resource_name == "aws_instance.node_1" for e in observer.engine_events)
 
-    assert _live_instances(aws_in_moto) == []
+    assert live_instances(aws_in_moto) == []
     record = records.load_record(RUN)
     assert (record.status, record.backend, record.engine) == ("done", "aws", "terraform")
     assert [node.address for node in record.nodes] == ips
@@ -212,15 +171,4 @@ def test_a_two_node_task_runs_on_the_cloud_in_a_box(
     assert [testbed.leftovers(host) for host in observer.hosts] == [[], []]
     assert not (records.run_dir(RUN) / "known_hosts").exists()
     assert provisioner.engine.list_stacks() == []
-    _port_is_free(local_port)
-
-
-def _port_is_free(port: int) -> None:
-    """Nothing listens on the port any more (connections of the fetch may linger in
-    TIME_WAIT, which SO_REUSEADDR allows; a listener would still refuse the bind)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", port))
-        probe.listen()
+    assert_port_free(local_port)
