@@ -12,7 +12,9 @@ machine's Python already has (torch, CUDA builds) without downloading it again, 
 `pip install` in the task writes only into the run's virtualenv and never into the user's
 Python. pip itself comes from the wheel that CPython bundles for `ensurepip`, unpacked
 once under the state folder and put on the virtualenv's path by a `.pth` file, which
-makes a virtualenv with a working `pip` in tens of milliseconds instead of seconds.
+makes a virtualenv with a working `pip` in tens of milliseconds instead of seconds. The
+nodes of a run share that virtualenv, so its `pip` command takes a lock first: two nodes
+installing at once take turns (`python -m pip` bypasses the command and the lock).
 """
 
 from __future__ import annotations
@@ -342,6 +344,27 @@ def _site_packages(venv_dir: Path) -> Path:
     return venv_dir / "lib" / version / "site-packages"
 
 
+PIP_LOCK = ".pip.lock"
+"""In the run's virtualenv: `pip` holds it, so the nodes of a run install one at a time."""
+
+# The nodes of a local run share one virtualenv: two `pip install`s at once would write the
+# same files. The `pip` command waits for the lock, then runs pip in the same process.
+_PIP_SHIM = """\
+#!{python}
+import fcntl
+import runpy
+import sys
+
+with open({lock!r}, "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    sys.argv[0] = "pip"
+    runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"""
+
+
 def _write_pip_shim(path: Path) -> None:
-    path.write_text('#!/bin/sh\nexec "$(dirname "$0")/python" -m pip "$@"\n')
+    venv_dir = path.parent.parent
+    path.write_text(
+        _PIP_SHIM.format(python=venv_dir / "bin" / "python", lock=str(venv_dir / PIP_LOCK))
+    )
     path.chmod(0o755)

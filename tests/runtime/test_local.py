@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -11,8 +12,11 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from taskstack.runtime.job import JobEvent, JobStopping, LogLine, NodeStarted, run_job
 from taskstack.runtime.local import (
+    PIP_LOCK,
     LocalTransport,
     create_run_venv,
     marked_processes,
@@ -169,3 +173,18 @@ def _tiny_wheel(folder: Path) -> Path:
             archive.writestr(name, data)
         archive.writestr("tinytaskpkg-1.0.dist-info/RECORD", "\n".join(record) + "\n")
     return path
+
+
+def test_the_nodes_pip_commands_take_turns_in_the_shared_venv(tmp_path: Path) -> None:
+    venv = create_run_venv(tmp_path / "venv")
+    with open(venv / PIP_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another node's `pip install` is running
+        waiting = subprocess.Popen(
+            [str(venv / "bin" / "pip"), "--version"], stdout=subprocess.PIPE, text=True
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(timeout=2)
+    output, _ = waiting.communicate(timeout=60)
+
+    assert waiting.returncode == 0
+    assert output.startswith("pip ")
