@@ -463,6 +463,8 @@ class LocalProvisioner:
         check_ports_free(plan.spec.ports, host_network=True)
         if plan.spec.image is not None:
             _require_docker(plan.spec.image)
+        else:
+            _require_host_can_honour(plan.spec)
 
     def preview(self, plan: RunPlan, on_event: OnEngineEvent | None = None) -> Preview:
         """What `up` makes: process groups or containers on this machine."""
@@ -1098,6 +1100,30 @@ def _require_docker(image: str) -> None:
         raise RunError(
             f"`image: {image}` needs a Docker engine on the local backend, and none answers "
             f"({reason}); start Docker or remove `image` to run the commands directly"
+        )
+
+
+def _require_host_can_honour(spec: JobSpec) -> None:
+    """Without `image:` the commands run on this machine as the current user: refuse the
+    container settings that would otherwise be silently ignored."""
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid())
+    if spec.user is not None:
+        name, _, group = spec.user.partition(":")
+        groups = {str(os.getegid()), grp.getgrgid(os.getegid()).gr_name}
+        if name not in (me.pw_name, str(me.pw_uid)) or (group and group not in groups):
+            raise ConfigError(
+                f"`user: {spec.user}`: without `image:` the local backend runs the commands "
+                f"on this machine as {me.pw_name}; add `image:` to run them as {spec.user} in "
+                "a container, or remove `user`"
+            )
+    if spec.privileged and os.geteuid() != 0:
+        raise ConfigError(
+            f"`privileged: true`: without `image:` the local backend runs the commands on "
+            f"this machine as {me.pw_name}, with no extra privileges; add `image:` to run a "
+            "privileged container, or remove `privileged`"
         )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import grp
+import os
 import re
 import shutil
 import socket
@@ -71,6 +74,29 @@ def test_image_without_a_docker_engine_is_a_clear_error(tmp_path: Path) -> None:
         apply.plan_run(path, cwd=tmp_path)
 
     assert _nothing_started()
+
+
+def test_another_user_without_an_image_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    path = _task(tmp_path, "type: task\nuser: nobody\ncommands: [id -un]\n")
+
+    with pytest.raises(ConfigError, match=r"^`user: nobody`: without `image:`") as err:
+        apply.plan_run(path, cwd=tmp_path)
+
+    assert "add `image:`" in str(err.value) and "\n" not in str(err.value)
+    assert _nothing_started()
+
+
+def test_the_current_user_and_its_group_are_honoured_without_an_image(tmp_path: Path) -> None:
+    me, group = getpass.getuser(), grp.getgrgid(os.getegid()).gr_name
+    path = _task(tmp_path, f"type: task\nuser: {me}:{group}\ncommands: [id -un]\n")
+
+    events: list[object] = []
+    result = apply.execute_run(apply.plan_run(path, cwd=tmp_path), on_event=events.append)
+
+    assert result.status == "done"
+    assert [e.text for e in events if isinstance(e, LogLine)] == [me]
 
 
 def test_execute_runs_records_and_cleans_up(tmp_path: Path) -> None:
