@@ -9,8 +9,13 @@ matching, so a `.dstack.yml` asks for the same machines here:
   instance with a disk of its own (the local machine) can be too small.
 - `gpu`: vendor, names (case-insensitive), count, memory per GPU, total memory and minimum
   compute capability (from gpuhunt's table of known NVIDIA GPUs). A TPU slice is a GPU named
-  like the slice (`v5litepod-8`), count 1, vendor `google`. When the count may be 0, offers
-  without GPUs match whatever else the GPU part says.
+  like the slice (`v5litepod-8`), count 1, vendor `google`, memory the slice's HBM. When the
+  count may be 0, offers without GPUs (CPU-only instances) match whatever else the GPU part
+  says.
+- `nodes`: a TPU slice is one TPU VM whose hosts are the run's nodes (`compiler.plan`), so a
+  slice fits a task whose `nodes` is its host count. A task that names a multi-host slice
+  (`gpu: v5litepod-16`) and leaves `nodes` at 1 gets the slice's hosts as its nodes; no other
+  task is offered a multi-host slice. dstack 0.22.5 offers no multi-host slice at all.
 - `spot_policy` (`on-demand` when unset, as in dstack), `max_price`, `backends`, `regions`,
   `availability_zones`, `instance_types`.
 
@@ -29,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from taskstack.compiler.catalog import CLOUDS, Catalog, CatalogSource, Offer, load_catalog
 from taskstack.compiler.source import cut
-from taskstack.errors import OffersError
+from taskstack.errors import ConfigError, OffersError
 
 __all__ = [
     "Catalog",
@@ -40,6 +45,7 @@ __all__ = [
     "find_offers",
     "format_price",
     "format_resources",
+    "tpu_hosts",
 ]
 
 SpotPolicy = Literal["spot", "on-demand", "auto"]
@@ -105,6 +111,7 @@ class Requirements(BaseModel):
     regions: tuple[str, ...] | None = None
     availability_zones: tuple[str, ...] | None = None
     instance_types: tuple[str, ...] | None = None
+    nodes: int = Field(default=1, ge=1, description="The task's `nodes`; TPU slice hosts")
 
     @classmethod
     def from_task(cls, task: Any) -> Requirements:
@@ -112,6 +119,7 @@ class Requirements(BaseModel):
         fields = cls.resource_fields(task.resources)
         return cls(
             **fields,
+            nodes=int(getattr(task, "nodes", None) or 1),
             spot_policy=task.spot_policy or "on-demand",
             max_price=task.max_price,
             backends=_names(task.backends),
@@ -215,9 +223,12 @@ def format_resources(offer: Offer) -> str:
     parts = [f"{offer.cpu}xCPU" + (" (arm)" if offer.cpu_arch == "arm" else "")]
     parts.append(f"{_number(offer.memory_gb)}GB")
     if offer.tpu is not None:
+        # CPUs and RAM are one host's; a slice of several hosts says how many there are.
+        hosts = tpu_hosts(offer)
         memory = f", {_number(offer.gpu_memory_gb)}GB" if offer.gpu_memory_gb else ""
         chips = f"{offer.tpu.chips} chip" + ("s" if offer.tpu.chips != 1 else "")
-        parts.append(f"{offer.tpu.name} ({chips}{memory})")
+        across = f", {hosts} hosts" if hosts > 1 else ""
+        parts.append(f"{offer.tpu.name} ({chips}{across}{memory})")
     elif offer.gpu_count:
         memory = f" ({_number(offer.gpu_memory_gb)}GB)" if offer.gpu_memory_gb else ""
         parts.append(f"{offer.gpu_count}x{offer.gpu_name}{memory}")
@@ -229,6 +240,22 @@ def format_resources(offer: Offer) -> str:
         parts.append(f"{data.get('accelerator_count', 1)}x{data['accelerator']}{suffix}")
     parts.append(f"{offer.disk_gb}GB")
     return ", ".join(parts)
+
+
+def tpu_hosts(offer: Offer) -> int:
+    """How many hosts, and so nodes, the offer's TPU slice has; 1 for any other offer.
+
+    The count is the plan's (`compiler.plan.tpu_slice`), so what is matched is what is built.
+    """
+    if offer.tpu is None:
+        return 1
+    from taskstack.compiler.plan import tpu_slice
+
+    try:
+        return tpu_slice(offer.tpu.name).hosts
+    except ConfigError:
+        # A slice type the plan does not know; choosing it fails there with its own message.
+        return 1
 
 
 def format_price(price: float) -> str:
@@ -305,6 +332,7 @@ def _filters(
         add(_Filter("spot_policy", r.spot_policy, lambda o: o.spot == want_spot))
 
     filters.extend(_resource_filters(r))
+    add(_nodes_filter(r))
 
     if r.max_price is not None:
         price = r.max_price
@@ -372,6 +400,23 @@ def _gpu_filters(r: Requirements) -> list[_Filter]:
     return filters
 
 
+def _nodes_filter(r: Requirements) -> _Filter:
+    """A TPU slice fits a task of as many nodes as it has hosts (see the module docstring).
+
+    The plan builds one TPU VM per run, never one per node, so a single-host slice does not
+    fit a task of several nodes either.
+    """
+    named = {name.lower().removeprefix("tpu-") for name in r.gpu_names or ()}
+
+    def test(offer: Offer) -> bool:
+        if offer.tpu is None:
+            return True
+        hosts = tpu_hosts(offer)
+        return hosts == r.nodes or (r.nodes == 1 and offer.tpu.name.lower() in named)
+
+    return _Filter("nodes", str(r.nodes), test)
+
+
 def _match(
     candidates: list[Offer], *, filters: list[_Filter], source: CatalogSource
 ) -> list[Offer]:
@@ -414,6 +459,14 @@ def _no_match(
             f"no offer fits on the backends in use ({culprit.asked}); {len(removed)} offers on "
             f"{elsewhere} would (cheapest: {example}): configure one in {config_path()}, "
             f"or look with `dstack offer --backend {cheapest.backend}`"
+        )
+    if culprit.field == "nodes":
+        hosts = tpu_hosts(cheapest)
+        return OffersError(
+            f"no offer fits `nodes: {culprit.asked}`: a TPU slice is one TPU VM whose hosts "
+            f"are the nodes, and the cheapest ({example}) has {hosts} "
+            f"host{'s' if hosts > 1 else ''}; set `nodes: {hosts}` or pick a slice of "
+            f"{culprit.asked} hosts"
         )
     plural = "offer" if len(removed) == 1 else "offers"
     return OffersError(

@@ -128,8 +128,8 @@ def test_max_offers_limits_the_json_too() -> None:
     result = runner.invoke(app, ["offer", "--backend", "gcp", "--json", "--max-offers", "3"])
 
     document = json.loads(result.output)
-    assert (document["shown"], len(document["offers"]), document["total"]) == (3, 3, 34)
-    assert [o["price"] for o in document["offers"]] == [0.21298, 0.2363, 0.28184]
+    assert (document["shown"], len(document["offers"]), document["total"]) == (3, 3, 50)
+    assert [o["price"] for o in document["offers"]] == [0.02679, 0.05552, 0.06701]
 
 
 @pytest.mark.parametrize(

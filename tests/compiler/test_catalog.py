@@ -25,11 +25,11 @@ PACKAGED_CSV = Path(catalog_module.__file__).parent / "data" / "offers.csv"
 def test_packaged_catalog_has_every_row_of_the_csv() -> None:
     loaded = load_packaged()
 
-    assert len(loaded.offers) == 81
+    assert len(loaded.offers) == 138
     assert [sum(o.backend == b for o in loaded.offers) for b in ("aws", "gcp", "azure")] == [
-        34,
-        34,
-        13,
+        55,
+        59,
+        24,
     ]
     assert loaded.backends == ("aws", "gcp", "azure")
     assert loaded.source.kind == "packaged"
@@ -39,7 +39,7 @@ def test_packaged_catalog_has_every_row_of_the_csv() -> None:
 def test_sources_travel_with_the_packaged_rows() -> None:
     sources = PACKAGED_CSV.with_name("SOURCES.md").read_text(encoding="utf-8")
 
-    assert "81 rows" in sources
+    assert "138 rows" in sources
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from taskstack.compiler.offers import (
     find_offers,
     format_price,
     format_resources,
+    tpu_hosts,
 )
 from taskstack.compiler.resources import ResourcesSpec
 from taskstack.errors import OffersError
@@ -62,12 +63,18 @@ PINNED = [
             "gcp us-central1 g2-standard-4 $0.7068",
             "aws us-east-1 g6.xlarge $0.8048",
             "aws us-west-2 g6.xlarge $0.8048",
+            "gcp us-east4 g2-standard-24 $1.99",
+            "gcp us-central1 g2-standard-24 $2.00",
             "gcp us-east5 v6e-1 $2.70",
             "gcp europe-west4 v6e-1 $2.97",
             "azure eastus Standard_NV36ads_A10_v5 $3.20",
             "azure westus2 Standard_NV36ads_A10_v5 $3.20",
             "gcp us-central1 a2-highgpu-1g $3.67",
             "gcp us-east1 a2-highgpu-1g $3.67",
+            "azure eastus Standard_NV72ads_A10_v5 $6.52",
+            "azure westus2 Standard_NV72ads_A10_v5 $6.52",
+            "gcp us-central1 a2-highgpu-2g $7.35",
+            "gcp us-east1 a2-highgpu-2g $7.35",
             "gcp us-central1 g2-standard-96 $8.00",
             "aws us-east-1 g6.48xlarge $13.35",
             "azure eastus Standard_ND96asr_v4 $27.20",
@@ -90,6 +97,10 @@ PINNED = [
             "gcp us-central1 a2-highgpu-1g $3.67",
             "gcp us-east1 a2-highgpu-1g $3.67",
             "gcp us-east5 a2-ultragpu-1g $5.52",
+            "azure eastus Standard_NC48ads_A100_v4 $7.35",
+            "azure westus2 Standard_NC48ads_A100_v4 $7.35",
+            "gcp us-central1 a2-highgpu-2g $7.35",
+            "gcp us-east1 a2-highgpu-2g $7.35",
             "azure eastus Standard_NC96ads_A100_v4 $14.69",
             "aws us-east-1 g5.48xlarge $16.29",
             "aws us-west-2 g5.48xlarge $16.29",
@@ -133,6 +144,8 @@ PINNED = [
             "aws us-east-1 g5.xlarge $1.01",
             "aws us-west-2 g5.xlarge $1.01",
             "aws eu-west-1 g5.xlarge $1.12",
+            "gcp us-east4 g2-standard-24 $1.99",
+            "gcp us-central1 g2-standard-24 $2.00",
             "gcp us-central1 n1-standard-8 $2.86",
             "aws us-east-1 p3.2xlarge $3.06",
             "aws us-west-2 p3.2xlarge $3.06",
@@ -144,6 +157,12 @@ PINNED = [
             "aws us-east-1 g4dn.12xlarge $3.91",
             "azure eastus Standard_NC64as_T4_v3 $4.35",
             "gcp us-east5 a2-ultragpu-1g $5.52",
+            "azure eastus Standard_NV72ads_A10_v5 $6.52",
+            "azure westus2 Standard_NV72ads_A10_v5 $6.52",
+            "azure eastus Standard_NC48ads_A100_v4 $7.35",
+            "azure westus2 Standard_NC48ads_A100_v4 $7.35",
+            "gcp us-central1 a2-highgpu-2g $7.35",
+            "gcp us-east1 a2-highgpu-2g $7.35",
             "gcp us-central1 g2-standard-96 $8.00",
             "aws us-east-1 g6.48xlarge $13.35",
             "azure eastus Standard_NC96ads_A100_v4 $14.69",
@@ -187,6 +206,10 @@ PINNED = [
             "azure eastus Standard_NC24ads_A100_v4 $3.67",
             "azure eastus Standard_NC64as_T4_v3 $4.35",
             "gcp us-central1 v2-8 $4.50",
+            "azure eastus Standard_NV72ads_A10_v5 $6.52",
+            "azure westus2 Standard_NV72ads_A10_v5 $6.52",
+            "azure eastus Standard_NC48ads_A100_v4 $7.35",
+            "azure westus2 Standard_NC48ads_A100_v4 $7.35",
             "gcp us-central1 v3-8 $8.00",
             "gcp us-central1 g2-standard-96 $8.00",
             "gcp us-central1 v5litepod-8 $9.60",
@@ -227,7 +250,14 @@ PINNED = [
         {},
         {"spot_policy": "spot"},
         [
+            "azure eastus Standard_F4s_v2 $0.01859 spot",
+            "aws us-east-1 t3.large $0.0266 spot",
+            "gcp us-central1 e2-standard-2 $0.02679 spot",
+            "aws us-east-1 m6i.large $0.033 spot",
+            "gcp us-central1 n2-standard-4 $0.05552 spot",
+            "aws us-east-1 m5.xlarge $0.0597 spot",
             "azure eastus Standard_NC4as_T4_v3 $0.0627 spot",
+            "aws us-east-1 c5.xlarge $0.0639 spot",
             "aws us-east-1 g4dn.xlarge $0.1845 spot",
             "gcp us-central1 v5litepod-1 $0.213 spot",
             "gcp us-central1 n1-standard-8 $0.2363 spot",
@@ -250,11 +280,44 @@ PINNED = [
         {},
         {"max_price": 2},
         [
+            "gcp us-central1 e2-standard-2 $0.06701",
+            "gcp europe-west4 e2-standard-2 $0.07377",
+            "aws us-east-1 t3.large $0.0832",
+            "aws us-west-2 t3.large $0.0832",
+            "aws us-east-1 m6i.large $0.096",
+            "aws us-west-2 m6i.large $0.096",
+            "aws eu-west-1 m6i.large $0.107",
+            "gcp us-central1 e2-standard-4 $0.134",
+            "gcp us-east4 e2-standard-4 $0.1509",
+            "azure eastus Standard_F4s_v2 $0.169",
+            "azure westus2 Standard_F4s_v2 $0.169",
+            "aws us-east-1 c5.xlarge $0.17",
+            "aws us-west-2 c5.xlarge $0.17",
+            "aws eu-west-1 c5.xlarge $0.192",
+            "aws us-east-1 m5.xlarge $0.192",
+            "aws us-east-1 m6i.xlarge $0.192",
+            "aws us-west-2 m5.xlarge $0.192",
+            "aws us-west-2 m6i.xlarge $0.192",
+            "gcp us-central1 n2-standard-4 $0.1942",
+            "gcp europe-west4 n2-standard-4 $0.2138",
+            "aws eu-west-1 m5.xlarge $0.214",
+            "aws eu-west-1 m6i.xlarge $0.214",
+            "gcp us-central1 e2-standard-8 $0.2681",
+            "gcp europe-west4 e2-standard-8 $0.2951",
+            "azure eastus Standard_F8s_v2 $0.338",
+            "azure westus2 Standard_F8s_v2 $0.338",
+            "aws us-east-1 c5.2xlarge $0.34",
+            "aws us-west-2 c5.2xlarge $0.34",
+            "aws eu-west-1 c5.2xlarge $0.384",
+            "gcp us-central1 n2-standard-8 $0.3885",
+            "gcp europe-west4 n2-standard-8 $0.4277",
             "aws us-east-1 g4dn.xlarge $0.526",
             "aws us-west-2 g4dn.xlarge $0.526",
             "azure eastus Standard_NC4as_T4_v3 $0.526",
             "azure westus2 Standard_NC4as_T4_v3 $0.526",
             "aws eu-west-1 g4dn.xlarge $0.587",
+            "azure eastus Standard_F16s_v2 $0.677",
+            "azure westus2 Standard_F16s_v2 $0.677",
             "gcp us-east4 g2-standard-4 $0.7045",
             "gcp us-central1 g2-standard-4 $0.7068",
             "gcp us-central1 n1-standard-8 $0.73",
@@ -267,6 +330,7 @@ PINNED = [
             "gcp us-central1 v5litepod-1 $1.20",
             "aws us-east-1 trn1.2xlarge $1.34",
             "gcp europe-west4 v5litepod-1 $1.56",
+            "gcp us-east4 g2-standard-24 $1.99",
         ],
         id="max-price-2",
     ),
@@ -274,6 +338,11 @@ PINNED = [
         {},
         {"regions": ("eu-west-1",)},
         [
+            "aws eu-west-1 m6i.large $0.107",
+            "aws eu-west-1 c5.xlarge $0.192",
+            "aws eu-west-1 m5.xlarge $0.214",
+            "aws eu-west-1 m6i.xlarge $0.214",
+            "aws eu-west-1 c5.2xlarge $0.384",
             "aws eu-west-1 g4dn.xlarge $0.587",
             "aws eu-west-1 g5.xlarge $1.12",
             "aws eu-west-1 p4d.24xlarge $35.40",
@@ -346,6 +415,8 @@ PINNED = [
         {"backends": ("azure",)},
         [
             "azure eastus Standard_NC24ads_A100_v4 $3.67",
+            "azure eastus Standard_NC48ads_A100_v4 $7.35",
+            "azure westus2 Standard_NC48ads_A100_v4 $7.35",
             "azure eastus Standard_NC96ads_A100_v4 $14.69",
             "azure eastus Standard_ND96asr_v4 $27.20",
             "azure westus2 Standard_ND96asr_v4 $27.20",
@@ -358,6 +429,7 @@ PINNED = [
         {"availability_zones": ("us-central1-a",)},
         [
             "gcp us-central1 g2-standard-4 $0.7068",
+            "gcp us-central1 g2-standard-24 $2.00",
             "gcp us-central1 g2-standard-96 $8.00",
         ],
         id="l4-in-zone",
@@ -375,6 +447,12 @@ PINNED = [
         {"cpu": "8..16", "memory": "30GB..64GB"},
         {},
         [
+            "gcp us-central1 e2-standard-8 $0.2681",
+            "gcp europe-west4 e2-standard-8 $0.2951",
+            "gcp us-central1 n2-standard-8 $0.3885",
+            "gcp europe-west4 n2-standard-8 $0.4277",
+            "azure eastus Standard_F16s_v2 $0.677",
+            "azure westus2 Standard_F16s_v2 $0.677",
             "gcp us-central1 n1-standard-8 $0.73",
             "gcp europe-west4 n1-standard-8 $0.7858",
             "aws us-east-1 trn1.2xlarge $1.34",
@@ -383,6 +461,107 @@ PINNED = [
             "aws us-west-2 p3.2xlarge $3.06",
         ],
         id="cpu-8-16-mem-30-64",
+    ),
+    pytest.param(
+        {"gpu": 0},
+        {"backends": ("aws",)},
+        [
+            "aws us-east-1 t3.large $0.0832",
+            "aws us-west-2 t3.large $0.0832",
+            "aws us-east-1 m6i.large $0.096",
+            "aws us-west-2 m6i.large $0.096",
+            "aws eu-west-1 m6i.large $0.107",
+            "aws us-east-1 c5.xlarge $0.17",
+            "aws us-west-2 c5.xlarge $0.17",
+            "aws eu-west-1 c5.xlarge $0.192",
+            "aws us-east-1 m5.xlarge $0.192",
+            "aws us-east-1 m6i.xlarge $0.192",
+            "aws us-west-2 m5.xlarge $0.192",
+            "aws us-west-2 m6i.xlarge $0.192",
+            "aws eu-west-1 m5.xlarge $0.214",
+            "aws eu-west-1 m6i.xlarge $0.214",
+            "aws us-east-1 c5.2xlarge $0.34",
+            "aws us-west-2 c5.2xlarge $0.34",
+            "aws eu-west-1 c5.2xlarge $0.384",
+            # Trainium is no GPU to gpuhunt (see data/SOURCES.md), so `gpu: 0` keeps it.
+            "aws us-east-1 trn1.2xlarge $1.34",
+            "aws us-east-1 trn1.32xlarge $21.50",
+            "aws us-west-2 trn1.32xlarge $21.50",
+        ],
+        id="cpu-only-aws",
+    ),
+    pytest.param(
+        {"gpu": 0},
+        {"backends": ("gcp",)},
+        [
+            "gcp us-central1 e2-standard-2 $0.06701",
+            "gcp europe-west4 e2-standard-2 $0.07377",
+            "gcp us-central1 e2-standard-4 $0.134",
+            "gcp us-east4 e2-standard-4 $0.1509",
+            "gcp us-central1 n2-standard-4 $0.1942",
+            "gcp europe-west4 n2-standard-4 $0.2138",
+            "gcp us-central1 e2-standard-8 $0.2681",
+            "gcp europe-west4 e2-standard-8 $0.2951",
+            "gcp us-central1 n2-standard-8 $0.3885",
+            "gcp europe-west4 n2-standard-8 $0.4277",
+        ],
+        id="cpu-only-gcp",
+    ),
+    pytest.param(
+        {"gpu": 0},
+        {"backends": ("azure",)},
+        [
+            "azure eastus Standard_F4s_v2 $0.169",
+            "azure westus2 Standard_F4s_v2 $0.169",
+            "azure eastus Standard_F8s_v2 $0.338",
+            "azure westus2 Standard_F8s_v2 $0.338",
+            "azure eastus Standard_F16s_v2 $0.677",
+            "azure westus2 Standard_F16s_v2 $0.677",
+        ],
+        id="cpu-only-azure",
+    ),
+    pytest.param(
+        {"gpu": "24GB..40GB:2"},
+        {},
+        [
+            "gcp us-east4 g2-standard-24 $1.99",
+            "gcp us-central1 g2-standard-24 $2.00",
+            "azure eastus Standard_NV72ads_A10_v5 $6.52",
+            "azure westus2 Standard_NV72ads_A10_v5 $6.52",
+            "gcp us-central1 a2-highgpu-2g $7.35",
+            "gcp us-east1 a2-highgpu-2g $7.35",
+        ],
+        id="gpu-24-40gb-2",
+    ),
+    pytest.param(
+        {"gpu": "v5litepod-16"},
+        {},
+        [
+            "gcp us-central1 v5litepod-16 $19.20",
+            "gcp europe-west4 v5litepod-16 $24.96",
+        ],
+        id="v5litepod-16",
+    ),
+    pytest.param(
+        {"gpu": "tpu"},
+        {"nodes": 2},
+        [
+            "gcp us-central2 v4-16 $25.76",
+            "gcp us-east5 v5p-16 $33.60",
+            "gcp europe-west4 v5p-16 $34.02",
+        ],
+        id="tpu-2-nodes",
+    ),
+    pytest.param(
+        {"gpu": "tpu"},
+        {"nodes": 4},
+        [
+            "gcp us-central1 v5litepod-16 $19.20",
+            "gcp europe-west4 v5litepod-16 $24.96",
+            "gcp us-east5 v6e-16 $43.20",
+            "gcp europe-west4 v6e-16 $47.52",
+        ],
+        id="tpu-4-nodes",
     ),
 ]
 
@@ -402,11 +581,11 @@ def test_offer_set_is_pinned(
     ("resources", "policy", "message"),
     [
         pytest.param(
-            {"gpu": "24GB..40GB:2"},
+            {"gpu": "A10G:2"},
             {},
-            "no offer fits: `resources.gpu.count: 2` removed the last 65 offers "
-            "(the cheapest was aws g4dn.xlarge at $0.526/h)",
-            id="gpu-24-40gb-2",
+            "no offer fits: `resources.gpu.count: 2` removed the last 5 offers "
+            "(the cheapest was aws g5.xlarge at $1.01/h)",
+            id="a10g-2",
         ),
         pytest.param(
             {"gpu": "A100:80GB:8"},
@@ -418,20 +597,20 @@ def test_offer_set_is_pinned(
         pytest.param(
             {"cpu": "arm:4.."},
             {},
-            "`resources.cpu.arch: arm` removed the last 65 offers",
+            "`resources.cpu.arch: arm` removed the last 115 offers",
             id="arm",
         ),
         pytest.param(
             {"gpu": "amd:MI300X:8"},
             {},
-            "`resources.gpu.vendor: amd` removed the last 65 offers",
+            "`resources.gpu.vendor: amd` removed the last 115 offers",
             id="amd",
         ),
         pytest.param(
             {"gpu": "H100"},
             {"regions": ["eu-west-1"]},
-            "`resources.gpu.name: H100` removed the last 3 offers "
-            "(the cheapest was aws g4dn.xlarge at $0.587/h)",
+            "`resources.gpu.name: H100` removed the last 8 offers "
+            "(the cheapest was aws m6i.large at $0.107/h)",
             id="name-after-region",
         ),
         pytest.param(
@@ -444,8 +623,28 @@ def test_offer_set_is_pinned(
         pytest.param(
             {},
             {"availability_zones": ["eu-north-1a"]},
-            "`availability_zones: eu-north-1a` removed the last 81 offers",
+            "`availability_zones: eu-north-1a` removed the last 138 offers",
             id="zone",
+        ),
+        pytest.param(
+            {"gpu": "v5litepod-16"},
+            {"nodes": 2},
+            "no offer fits `nodes: 2`: a TPU slice is one TPU VM whose hosts are the nodes, "
+            "and the cheapest (gcp v5litepod-16 at $19.20/h) has 4 hosts; set `nodes: 4`",
+            id="nodes-not-the-named-slices-hosts",
+        ),
+        pytest.param(
+            {"gpu": "v5litepod-8"},
+            {"nodes": 2},
+            "the cheapest (gcp v5litepod-8 at $9.60/h) has 1 host; set `nodes: 1` or pick "
+            "a slice of 2 hosts",
+            id="nodes-of-a-single-host-slice",
+        ),
+        pytest.param(
+            {"gpu": "tpu"},
+            {"nodes": 3},
+            "no offer fits `nodes: 3`: a TPU slice is one TPU VM",
+            id="no-slice-of-3-hosts",
         ),
     ],
 )
@@ -467,7 +666,7 @@ def test_cloud_offers_on_unconfigured_backends_are_named_when_only_local_is_in_u
     catalog: Catalog,
 ) -> None:
     with pytest.raises(
-        OffersError, match="backends in use \\(local\\); 15 offers on aws, azure, gcp would"
+        OffersError, match="backends in use \\(local\\); 19 offers on aws, azure, gcp would"
     ) as caught:
         find_offers(
             requirements({"gpu": "A100"}), backends=["local"], catalog=catalog, local_offer=MACHINE
@@ -604,6 +803,36 @@ def test_fitted_offer_carries_disk_minimum_efa_zones_and_tpu(catalog: Catalog) -
     ]
 
 
+@pytest.mark.parametrize(
+    ("cloud", "first"),
+    [("aws", "t3.large"), ("gcp", "e2-standard-2"), ("azure", "Standard_F4s_v2")],
+)
+def test_a_task_without_gpu_gets_a_cpu_only_instance_first(
+    catalog: Catalog, cloud: str, first: str
+) -> None:
+    query = find_offers(requirements({}, backends=(cloud,)), backends=CLOUDS, catalog=catalog)
+
+    assert (query.offers[0].instance_type, query.offers[0].gpu_count) == (first, 0)
+    # As in dstack, a task that does not rule GPUs out still fits GPU instances, after these.
+    assert any(offer.gpu_count for offer in query.offers)
+
+
+def test_multi_host_slices_only_fit_tasks_that_ask_for_them(catalog: Catalog) -> None:
+    generic = find_offers(requirements({"gpu": "tpu"}), backends=CLOUDS, catalog=catalog)
+    named = find_offers(
+        requirements({"gpu": "v5litepod-8,v5litepod-16"}), backends=CLOUDS, catalog=catalog
+    )
+
+    assert generic.total > 0
+    assert {tpu_hosts(offer) for offer in generic.offers} == {1}
+    assert [(o.instance_type, tpu_hosts(o)) for o in named.offers] == [
+        ("v5litepod-8", 1),
+        ("v5litepod-8", 1),
+        ("v5litepod-16", 4),
+        ("v5litepod-16", 4),
+    ]
+
+
 def test_gpu_names_are_case_insensitive(catalog: Catalog) -> None:
     lower = find_offers(requirements({"gpu": "a10g"}), backends=CLOUDS, catalog=catalog)
     upper = find_offers(requirements({"gpu": "A10G"}), backends=CLOUDS, catalog=catalog)
@@ -650,7 +879,7 @@ def test_task_files_give_the_same_requirements(
     assert from_file == requirements(resources, **policy)
 
 
-def test_full_featured_task_names_the_gpu_count_that_removed_the_last_offers(
+def test_full_featured_task_names_the_gpu_memory_that_removed_the_last_offer(
     catalog: Catalog,
 ) -> None:
     task = parse_task(
@@ -662,8 +891,10 @@ def test_full_featured_task_names_the_gpu_count_that_removed_the_last_offers(
     with pytest.raises(OffersError) as caught:
         find_offers(task, backends=["aws", "gcp"], catalog=catalog)
 
+    # Two A100s there are (a2-highgpu-2g), but of 40GB each.
     assert str(caught.value).startswith(
-        "no offer fits: `resources.gpu.count: 2` removed the last 4 offers"
+        "no offer fits: `resources.gpu.memory: 80GB` removed the last 1 offer "
+        "(the cheapest was gcp a2-highgpu-2g at $7.35/h)"
     )
 
 
