@@ -277,7 +277,7 @@ def plan_run(
         config_path=config_path.resolve(),
         repo_root=root,
         spec=spec,
-        nodes_num=int(task.nodes),
+        nodes_num=_nodes_num(task, offers[0]),
         offers=tuple(offers),
         run_id=uuid.uuid4().hex[:12],
         backend=backend,
@@ -289,6 +289,14 @@ def plan_run(
         )
     _check(plan, provisioner)
     return plan
+
+
+def _nodes_num(task: Any, offer: Any) -> int:
+    """The task's `nodes`, or the hosts of the multi-host TPU slice it named (each host of a
+    slice is a node; the offers of such a task are all slices of that size)."""
+    from taskstack.compiler.offers import tpu_hosts
+
+    return max(int(task.nodes), tpu_hosts(offer))
 
 
 def provisioner_for(plan: RunPlan) -> Provisioner:

@@ -152,7 +152,8 @@ def build_plan(
         instance_type=offer.instance_type,
         arch="arm64" if getattr(offer, "cpu_arch", "x86") == "arm" else "x86_64",
         spot=bool(offer.spot),
-        price=float(offer.price),
+        # A slice's offer is priced whole; its hosts are the nodes.
+        price=float(offer.price) / (tpu.hosts if tpu is not None else 1),
         max_price=_max_price(task, offer),
         disk_gb=int(offer.disk_gb),
         nodes=tuple(NodePlan(rank=r, name=f"{run_name}-{r}") for r in range(count)),
