@@ -13,6 +13,10 @@ inside `LocalWorkspace`, after making a temporary work dir that a missing CLI wo
 behind. Errors are mapped where they enter: a missing CLI becomes `EngineMissingError`,
 another update in progress `ConcurrentUpdateError`, a cloud out of capacity
 `NoCapacityError`, anything else `StackError`.
+
+The CLI runs in its own session (`SessionPulumiCommand`), like terraform in the Terraform
+engine: the terminal's Ctrl+C reaches taskstack's process group only, so it cannot kill
+Pulumi halfway through an update and leave resources its state does not record.
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
-from collections.abc import Callable, Iterator
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, Any
+
+from pulumi import automation as auto
+from pulumi.automation.errors import create_command_error
 
 from taskstack.compiler.plan import ClusterPlan
 from taskstack.errors import (
@@ -45,9 +56,6 @@ from taskstack.stacks.engine import (
     nodes_from_outputs,
 )
 
-if TYPE_CHECKING:
-    from pulumi import automation as auto
-
 log = logging.getLogger(__name__)
 
 PROJECT = "taskstack"
@@ -59,6 +67,14 @@ ProgramFor = Callable[[ClusterPlan], Callable[[], None]]
 _INSTALL_HINT = (
     "the Pulumi CLI is not installed: install it (curl -fsSL https://get.pulumi.com | sh) "
     "or use `--engine terraform`"
+)
+# Each Azure VM gets a role on itself so that it can deallocate itself when the heartbeat
+# stops (programs/azure.py); granting it takes a right Contributor lacks.
+_ROLE_ASSIGNMENT_DENIED = "Microsoft.Authorization/roleAssignments/write"
+_ROLE_ASSIGNMENT_HINT = (
+    "the Azure principal may not create role assignments, which every VM needs to deallocate "
+    "itself when the apply is gone; give it `Role Based Access Control Administrator` (or "
+    "`User Access Administrator`) on the subscription"
 )
 # Types in the event stream that are Pulumi's own bookkeeping, not cloud resources.
 _INTERNAL_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:")
@@ -82,8 +98,6 @@ class PulumiEngine:
 
     def preview(self, plan: ClusterPlan) -> StackPreview:
         """Create (or select) the run's stack, store the plan and cloud config, preview it."""
-        from pulumi import automation as auto
-
         resources: dict[str, PlannedResource] = {}
 
         def collect(event: Any) -> None:
@@ -117,8 +131,6 @@ class PulumiEngine:
 
     def destroy(self, run_name: str, on_event: OnEvent | None = None) -> None:
         """Destroy the run's resources and remove its stack; a missing stack is success."""
-        from pulumi import automation as auto
-
         try:
             with self._stack(run_name, plan=None, create=False) as stack:
                 with _mapped_errors(run_name, "destroy"):
@@ -142,8 +154,6 @@ class PulumiEngine:
         self, run_name: str, *, plan: ClusterPlan | None, create: bool
     ) -> Iterator[auto.Stack]:
         """The run's stack in its own workspace folder; the folder goes if creation fails."""
-        from pulumi import automation as auto
-
         workdir = self._workdir(run_name)
         existed = workdir.exists()
         program = self._program_for(plan) if plan is not None else _no_program
@@ -169,8 +179,6 @@ class PulumiEngine:
     def _workspace(
         self, workdir: Path, *, program: Callable[[], None] | None
     ) -> auto.LocalWorkspace:
-        from pulumi import automation as auto
-
         command = self._pulumi_command()
         workdir.mkdir(parents=True, exist_ok=True)
         project = auto.ProjectSettings(
@@ -192,10 +200,8 @@ class PulumiEngine:
         """The CLI, found once; its absence is one line saying what to do."""
         if self._command is not None:
             return self._command
-        from pulumi import automation as auto
-
         try:
-            self._command = auto.PulumiCommand()
+            self._command = SessionPulumiCommand()
         except FileNotFoundError as exc:
             raise EngineMissingError(_INSTALL_HINT) from exc
         except auto.InvalidVersionError as exc:
@@ -203,8 +209,6 @@ class PulumiEngine:
         return self._command
 
     def _check_previewed(self, stack: auto.Stack, plan: ClusterPlan) -> None:
-        from pulumi import automation as auto
-
         try:
             stored = stack.get_config(PLAN_KEY).value
         except auto.CommandError:
@@ -231,14 +235,128 @@ class PulumiEngine:
         return taskstack_home() / "pulumi" / "listing"
 
 
+class SessionPulumiCommand(auto.PulumiCommand):
+    """The Pulumi CLI, started in a session of its own for every call.
+
+    The SDK's `PulumiCommand` starts the CLI in taskstack's process group, where the
+    terminal's Ctrl+C reaches it mid-update (and the interrupted SDK stops reading the pipes
+    the CLI writes to). Here an interrupt of the calling thread is passed on as one SIGINT,
+    which Pulumi answers by cancelling gracefully (the operations in flight finish and the
+    state is saved); once the CLI has exited the interrupt goes on up. A call in a worker
+    thread (`dstack apply` runs the engine in one) never sees the interrupt, so the CLI runs
+    to its end. Otherwise a call behaves as the SDK's: `--non-interactive` ahead of the
+    subcommand, the workspace's variables over ours, each output line handed to `on_output`
+    / `on_error` as it comes, a non-zero exit raised as the SDK's `CommandError`.
+
+    Unlike terraform's, the CLI's output stays a pipe: the inline program runs inside
+    taskstack, so an update cannot outlive a taskstack that is killed anyway.
+    """
+
+    def run(
+        self,
+        args: list[str],
+        cwd: str,
+        additional_env: Mapping[str, str],
+        on_output: auto.OnOutput | None = None,
+        on_error: auto.OnOutput | None = None,
+    ) -> auto.CommandResult:
+        """Run `pulumi ARGS` in `cwd`; its output, or the SDK's `CommandError`."""
+        _insert_non_interactive(args)
+        process = subprocess.Popen(
+            [self.command, *args],
+            cwd=cwd,
+            env=self._environment(additional_env),
+            # The CLI runs --non-interactive and reads nothing; outside the terminal's
+            # process group it must not take the user's keystrokes either.
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            encoding="utf-8",
+            errors="replace",
+            start_new_session=True,
+        )
+
+        stdout: list[str] = []
+        stderr: list[str] = []
+        readers = [
+            _read_lines(process.stdout, on_line=on_output, into=stdout),
+            _read_lines(process.stderr, on_line=on_error, into=stderr),
+        ]
+        code = _wait_passing_interrupts(process, readers)
+
+        result = auto.CommandResult(stdout="\n".join(stdout), stderr="\n".join(stderr), code=code)
+        if code != 0:
+            raise create_command_error(result)
+        return result
+
+    def _environment(self, additional_env: Mapping[str, str]) -> dict[str, str]:
+        env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true"}
+        if os.path.isabs(self.command):
+            # Plugins installed next to the CLI come first, as the SDK arranges.
+            folder = os.path.dirname(self.command)
+            env["PATH"] = os.pathsep.join(filter(None, [folder, env.get("PATH")]))
+        return env
+
+
+def _insert_non_interactive(args: list[str]) -> None:
+    """`--non-interactive` before the subcommand: after a `--` it would be a value."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--non-interactive" not in args[:end]:
+        args.insert(0, "--non-interactive")
+
+
+def _read_lines(
+    stream: IO[str] | None, *, on_line: auto.OnOutput | None, into: list[str]
+) -> threading.Thread:
+    """A thread that collects the stream's lines, handing each to `on_line` as it comes."""
+    assert stream is not None
+
+    def read() -> None:
+        with stream:
+            for raw in stream:
+                line = raw.rstrip()
+                if on_line is not None:
+                    on_line(line)
+                into.append(line)
+
+    # Not a daemon: should taskstack be on its way out, it keeps draining the pipe until the
+    # CLI is done, rather than closing it and have the CLI die writing to it.
+    reader = threading.Thread(target=read, name="pulumi-output")
+    reader.start()
+    return reader
+
+
+def _wait_passing_interrupts(process: subprocess.Popen, readers: list[threading.Thread]) -> int:
+    """The CLI's exit code once it has exited and its output is read.
+
+    Ctrl+C in this thread goes to the CLI's session as one SIGINT; we then wait for the
+    CLI to finish cancelling before the interrupt continues up to the caller.
+    """
+    try:
+        return _finish(process, readers)
+    except KeyboardInterrupt:
+        log.warning(
+            "interrupt: asking pulumi (pid %s) to cancel after its current step", process.pid
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        _finish(process, readers)
+        raise
+
+
+def _finish(process: subprocess.Popen, readers: list[threading.Thread]) -> int:
+    # The readers end when the CLI closes its output, which it does when it exits.
+    for reader in readers:
+        reader.join()
+    return process.wait()
+
+
 class _StackGone(Exception):
     """The stack to destroy does not exist (already destroyed, or never created)."""
 
 
 def _stack_config(plan: ClusterPlan, settings: Settings) -> dict[str, Any]:
     """The provider config of the plan's cloud, as Automation API config values."""
-    from pulumi import automation as auto
-
     values = _cloud_config(plan, settings)
     return {key: auto.ConfigValue(value=value) for key, value in values.items()}
 
@@ -290,8 +408,6 @@ def _aws_config(plan: ClusterPlan, settings: Settings) -> dict[str, str]:
 @contextlib.contextmanager
 def _mapped_errors(run_name: str, operation: str) -> Iterator[None]:
     """Pulumi's errors as ours, once, where they enter."""
-    from pulumi import automation as auto
-
     try:
         yield
     except auto.ConcurrentUpdateError as exc:
@@ -305,6 +421,8 @@ def _mapped_errors(run_name: str, operation: str) -> Iterator[None]:
             raise NoCapacityError(
                 f"run {run_name}: the cloud has no capacity ({capacity})"
             ) from exc
+        if _ROLE_ASSIGNMENT_DENIED in text:
+            raise StackError(f"run {run_name}: {_ROLE_ASSIGNMENT_HINT}") from exc
         reason = first_error_line(text, marker="error:")
         raise StackError(f"pulumi {operation} failed for run {run_name}: {reason}") from exc
     except FileNotFoundError as exc:

@@ -8,11 +8,18 @@ the real program run under the SDK's mocks.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pulumi import automation as auto
 
 from taskstack.compiler.plan import ClusterPlan
 from taskstack.errors import (
@@ -25,8 +32,10 @@ from taskstack.home import taskstack_home
 from taskstack.settings import Settings, load_settings
 from taskstack.stacks.engine import EngineEvent
 from taskstack.stacks.pulumi_engine import PLAN_KEY, PulumiEngine
+from tests.conftest import REPO_ROOT
+from tests.stacks.interrupted_up import SIGINT_SEEN
 from tests.testbed.plans import aws_plan
-from tests.testbed.pulumi_cli import RecordingPulumi
+from tests.testbed.pulumi_cli import RecordingPulumi, read_processes, release, wait_until_held
 
 SECRET_KEY = "s3cr3t-aws-key-never-in-args"
 PASSPHRASE = "correct horse battery staple"
@@ -43,10 +52,11 @@ def _program_run(plan_json: str) -> tuple[list[tuple[str, str]], dict[str, Any]]
 
 
 @pytest.fixture
-def cli() -> RecordingPulumi:
+def cli(tmp_path: Path) -> RecordingPulumi:
     return RecordingPulumi(
         resources=lambda plan_json: _program_run(plan_json)[0],
         outputs=lambda plan_json: _program_run(plan_json)[1],
+        scratch=tmp_path / "pulumi-cli",
     )
 
 
@@ -232,6 +242,15 @@ def test_list_stacks_finds_every_run_in_the_backend(engine: PulumiEngine) -> Non
             StackError,
             "pulumi up failed for run train: error: creating EC2 Instance: Unauthorized",
         ),
+        (
+            'error: Status=403 Code="AuthorizationFailed" Message="The client \'c\' does not '
+            "have authorization to perform action 'Microsoft.Authorization/roleAssignments/"
+            "write' over scope '/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/"
+            "virtualMachines/train-0/providers/Microsoft.Authorization/roleAssignments/r'\"",
+            StackError,
+            "run train: the Azure principal may not create role assignments.*give it "
+            "`Role Based Access Control Administrator`",
+        ),
     ],
 )
 def test_up_errors_are_mapped_where_they_enter(
@@ -245,6 +264,7 @@ def test_up_errors_are_mapped_where_they_enter(
         engine.up(plan)
 
     assert type(caught.value) is error
+    assert "\n" not in str(caught.value)
 
 
 def test_a_concurrent_update_during_destroy_is_mapped_too(
@@ -292,3 +312,123 @@ def test_an_endpoint_override_configures_the_aws_provider_for_an_emulator(
 
 def _public_ips(cli: RecordingPulumi) -> list[str]:
     return [node["public_ip"] for node in cli.stacks["train"].outputs["nodes"]]
+
+
+# --- the CLI in a session of its own -------------------------------------------------------
+
+
+def test_every_cli_call_runs_in_a_session_and_process_group_of_its_own(
+    engine: PulumiEngine, cli: RecordingPulumi
+) -> None:
+    plan = aws_plan("train")
+    engine.preview(plan)
+    engine.up(plan)
+
+    engine.destroy("train")
+
+    processes = cli.processes()
+    assert [process.verb for process in processes] == cli.verbs()
+    assert all(p.sid == p.pid and p.pgid == p.pid for p in processes)  # it leads both
+    assert all(p.sid != os.getsid(0) and p.pgid != os.getpgid(0) for p in processes)
+
+
+def test_cli_output_reaches_the_callbacks_line_by_line_and_failures_raise_the_sdks_error(
+    engine: PulumiEngine, cli: RecordingPulumi, tmp_path: Path
+) -> None:
+    engine.preview(aws_plan("alpha"))
+    engine.preview(aws_plan("beta"))
+    listed: list[str] = []
+    complaints: list[str] = []
+    cli.fail("preview", stderr="error: first line\nerror: second line", stdout="Previewing")
+
+    listing = cli.run(["stack", "ls", "--json"], str(tmp_path), {}, on_output=listed.append)
+    with pytest.raises(auto.CommandError) as failed:
+        cli.run(["preview", "--stack", "alpha"], str(tmp_path), {}, on_error=complaints.append)
+
+    assert json.loads("\n".join(listed)) == json.loads(listing.stdout)
+    assert [stack["name"] for stack in json.loads(listing.stdout)] == ["alpha", "beta"]
+    assert complaints == ["error: first line", "error: second line"]
+    assert "error: second line" in str(failed.value)
+    assert "Previewing" in str(failed.value)
+
+
+def test_non_interactive_goes_ahead_of_the_subcommand_and_of_a_double_dash(
+    engine: PulumiEngine, cli: RecordingPulumi
+) -> None:
+    engine.preview(aws_plan("train"))
+
+    argv = {process.verb: process.argv for process in cli.processes()}
+
+    assert argv["preview"][0] == "--non-interactive"
+    config_set = argv["config set"]
+    assert config_set.index("--non-interactive") < config_set.index("--")
+    assert config_set[config_set.index("--") + 1] == aws_plan("train").model_dump_json()
+
+
+def test_ctrl_c_in_the_terminal_does_not_reach_the_cli_of_a_running_up(tmp_path: Path) -> None:
+    taskstack = _start_interrupted_up("worker", tmp_path)
+    try:
+        held = wait_until_held(tmp_path / "cli", "up")
+        os.killpg(taskstack.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
+        _wait_for(tmp_path / SIGINT_SEEN)
+        release(tmp_path / "cli", "up")
+        report = _report(taskstack)
+    finally:
+        _stop(taskstack)
+
+    (up,) = [process for process in read_processes(tmp_path / "cli") if process.verb == "up"]
+    assert up.pid == held
+    assert report == {"outcome": "up finished", "nodes": 1, "sigints": 1}
+    assert up.signals == []
+    assert not up.cancelled
+    assert up.pgid != taskstack.pid and up.sid != taskstack.pid
+
+
+def test_an_interrupt_of_the_calling_thread_cancels_the_cli_once_and_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    taskstack = _start_interrupted_up("main", tmp_path)
+    try:
+        wait_until_held(tmp_path / "cli", "up")
+        os.killpg(taskstack.pid, signal.SIGINT)
+        report = _report(taskstack)
+    finally:
+        _stop(taskstack)
+
+    (up,) = [process for process in read_processes(tmp_path / "cli") if process.verb == "up"]
+    assert report["outcome"] == "interrupted"
+    assert report["cli_done"][-1] == "up"  # the CLI had exited before the interrupt went on
+    assert up.signals == ["SIGINT"]  # passed on once, by the engine
+    assert up.cancelled
+
+
+def _start_interrupted_up(mode: str, scratch: Path) -> subprocess.Popen[str]:
+    """`tests/stacks/interrupted_up.py` leading a process group, as a shell's job does."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.stacks.interrupted_up", mode, str(scratch)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "TASKSTACK_HOME": str(scratch / "home")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _report(process: subprocess.Popen[str]) -> dict[str, Any]:
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _wait_for(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} did not appear in {timeout:g} s"
+        time.sleep(0.02)
