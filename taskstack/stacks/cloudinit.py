@@ -6,11 +6,20 @@ data once (AWS `user_data`, Azure `custom_data`, GCP `user-data` metadata on Ubu
 and TPU VMs run it as their `startup-script` on every boot, so each step is idempotent.
 When it is done it writes `READY_FILE`; the runtime waits for that file before it runs
 containers. The text depends on the plan only, so rendering twice gives the same script.
+
+The switch and the backstop end in one script (`WATCHDOG_PATH`; `... now` skips the wait).
+What a power-off ends depends on the cloud: AWS terminates the instance
+(`instance_initiated_shutdown_behavior`); GCP stops it (TERMINATED: no compute or GPU
+billing, the disk bills until destroy) and deletes it itself when max_duration runs out
+(`scheduling.maxRunDuration`), ahead of the node's backstop; Azure would keep a powered-off
+VM allocated and billed, so there the script first asks Azure Resource Manager to
+deallocate the VM (`AzureDeallocation`).
 """
 
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from taskstack.compiler.plan import ClusterPlan
 
@@ -22,6 +31,30 @@ BOOT_ALLOWANCE_SECONDS = 900
 """The first beat comes once the apply reaches the node: first boot (Docker, drivers) and
 `up` may take this long before it, on top of the grace."""
 WATCHDOG_CHECK_SECONDS = 15
+NATIVE_LIMIT_HEAD_START_SECONDS = 300
+"""Where the cloud enforces the run limit itself and deletes the VM (GCP instances), the
+node's own backstop fires this much later: a node that powered itself off first would only
+be stopped, and the cloud's timer, which counts running time, would never delete it."""
+
+
+@dataclass(frozen=True)
+class AzureDeallocation:
+    """How an Azure node has itself deallocated before it powers off.
+
+    A guest power-off leaves an Azure VM stopped but allocated, billed as if it ran. So the
+    script asks Azure Resource Manager to deallocate the VM, as the VM's system-assigned
+    identity (`programs/azure.py` gives it Virtual Machine Contributor on the VM itself):
+    a token and the VM's resource id from the instance metadata service (IMDS), then
+    `POST <id>/deallocate`. It powers off at once if that is refused, or after
+    `settle_seconds` if Azure has not stopped the VM by then. POSIX sh and curl, which
+    Ubuntu's Azure images ship (the first-boot script installs it if missing); no jq, so the
+    token is cut out of IMDS's one-line JSON with sed. Tests point the URLs at a loopback
+    server.
+    """
+
+    imds_url: str = "http://169.254.169.254"
+    arm_url: str = "https://management.azure.com"
+    settle_seconds: int = 300
 
 
 def user_data(plan: ClusterPlan) -> str:
@@ -29,11 +62,22 @@ def user_data(plan: ClusterPlan) -> str:
     steps = [_HEADER, _docker(plan.ssh_user)]
     if plan.nvidia:
         steps.append(_NVIDIA_TOOLKIT)
-    steps.append(_dead_mans_switch(plan.heartbeat_grace, ssh_user=plan.ssh_user))
-    if plan.max_duration is not None:
-        steps.append(_backstop(plan.max_duration + plan.heartbeat_grace))
+    azure = AzureDeallocation() if plan.cloud == "azure" else None
+    if azure is not None:
+        steps.append(_CURL)
+    steps.append(_dead_mans_switch(plan.heartbeat_grace, ssh_user=plan.ssh_user, azure=azure))
+    backstop = _backstop_seconds(plan)
+    if backstop is not None:
+        steps.append(_backstop(backstop))
     steps.append(_READY)
     return "\n".join(steps)
+
+
+def run_limit_seconds(plan: ClusterPlan) -> int | None:
+    """How long a node may run: max_duration plus the heartbeat grace (None: no limit)."""
+    if plan.max_duration is None:
+        return None
+    return plan.max_duration + plan.heartbeat_grace
 
 
 _HEADER = """#!/bin/bash
@@ -89,34 +133,76 @@ def watchdog_script(
     heartbeat: str = HEARTBEAT_FILE,
     poweroff: str = "systemctl poweroff",
     check_seconds: float = WATCHDOG_CHECK_SECONDS,
+    azure: AzureDeallocation | None = None,
 ) -> str:
     """The dead man's switch: a POSIX sh loop that runs `poweroff` once `heartbeat` is older
-    than `grace` seconds, then exits.
+    than `grace` seconds, then exits; run with the argument `now`, it skips the wait (the
+    max_duration backstop runs it so).
 
     Nodes install it with `poweroff` powering the machine off; the clouds are told to end
-    the billing on a power-off (AWS `instance_initiated_shutdown_behavior = terminate`).
-    Tests install the same script with a command they can observe.
+    the billing on a power-off (AWS `instance_initiated_shutdown_behavior = terminate`), and
+    on Azure, which cannot be, `azure` has the VM deallocated first. Tests install the same
+    script with a command they can observe.
     """
+    release = _azure_deallocation(azure) if azure is not None else ""
     return f"""#!/bin/sh
 # taskstack dead man's switch: `dstack apply` touches the heartbeat while it runs.
 heartbeat={shlex.quote(heartbeat)}
-while :; do
-  now=$(date +%s)
-  beat=$(stat -c %Y "$heartbeat" 2>/dev/null || echo 0)
-  if [ $((now - beat)) -gt {int(grace)} ]; then
-    break
-  fi
-  sleep {check_seconds:g}
-done
-echo "taskstack: no heartbeat for {int(grace)} s; powering off" >&2
-{poweroff}
+if [ "${{1:-}}" = now ]; then
+  echo "taskstack: max_duration is up; powering off" >&2
+else
+  while :; do
+    now=$(date +%s)
+    beat=$(stat -c %Y "$heartbeat" 2>/dev/null || echo 0)
+    if [ $((now - beat)) -gt {int(grace)} ]; then
+      break
+    fi
+    sleep {check_seconds:g}
+  done
+  echo "taskstack: no heartbeat for {int(grace)} s; powering off" >&2
+fi
+{release}{poweroff}
 """
 
 
-def _dead_mans_switch(grace: int, *, ssh_user: str) -> str:
+def _azure_deallocation(azure: AzureDeallocation) -> str:
+    settings = f"""imds={shlex.quote(azure.imds_url)}
+arm={shlex.quote(azure.arm_url)}
+settle={int(azure.settle_seconds)}
+"""
+    return settings + _AZURE_DEALLOCATE
+
+
+# REST API versions: IMDS's managed-identity token (2018-02-01), IMDS's instance metadata
+# (2021-02-01, which has `resourceId` as text) and Microsoft.Compute's VMs (2024-07-01).
+_AZURE_DEALLOCATE = r"""resource=https%3A%2F%2Fmanagement.azure.com%2F
+imds_get() {
+  # IMDS answers on its link-local address only, never through a proxy.
+  curl -sS --fail --retry 3 --noproxy '*' --max-time 10 -H 'Metadata: true' "$imds/metadata/$1"
+}
+deallocate() {
+  answer=$(imds_get "identity/oauth2/token?api-version=2018-02-01&resource=$resource") || return 1
+  token=$(printf '%s' "$answer" | sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p')
+  vm=$(imds_get "instance/compute/resourceId?api-version=2021-02-01&format=text") || return 1
+  [ -n "$token" ] && [ -n "$vm" ] || return 1
+  curl -sS --fail --retry 3 --max-time 60 -X POST --data '' -o /dev/null \
+    -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    "$arm$vm/deallocate?api-version=2024-07-01"
+}
+if deallocate; then
+  echo "taskstack: Azure is deallocating this VM" >&2
+  sleep "$settle"
+  echo "taskstack: the VM still runs $settle s later" >&2
+else
+  echo "taskstack: Azure did not deallocate this VM; it stays allocated until destroyed" >&2
+fi
+"""
+
+
+def _dead_mans_switch(grace: int, *, ssh_user: str, azure: AzureDeallocation | None) -> str:
     # The first beat is dated ahead by the boot allowance; the SSH user owns the file so
     # the apply can touch it without sudo. A transient unit: it starts once per boot.
-    script = watchdog_script(grace=grace)
+    script = watchdog_script(grace=grace, azure=azure)
     return f"""
 cat > {WATCHDOG_PATH} <<'TASKSTACK_WATCHDOG'
 {script}TASKSTACK_WATCHDOG
@@ -129,12 +215,28 @@ fi
 """
 
 
+def _backstop_seconds(plan: ClusterPlan) -> int | None:
+    limit = run_limit_seconds(plan)
+    if limit is None:
+        return None
+    if plan.cloud == "gcp" and plan.tpu is None:
+        return limit + NATIVE_LIMIT_HEAD_START_SECONDS
+    return limit
+
+
 def _backstop(seconds: int) -> str:
     # max_duration armed on the node: it powers off after max_duration plus the heartbeat
     # grace even while an apply keeps beating (one that hangs must not run forever).
     return f"""
 if ! systemctl list-timers --all | grep -q taskstack-backstop; then
-  systemd-run --unit=taskstack-backstop --on-active={seconds}s /bin/systemctl poweroff
+  systemd-run --unit=taskstack-backstop --on-active={seconds}s {WATCHDOG_PATH} now
+fi
+"""
+
+
+_CURL = """
+if ! command -v curl >/dev/null; then
+  apt_install curl
 fi
 """
 

@@ -312,6 +312,8 @@ def _azure_nic(state: dict[str, Any], key: str) -> None:
 
 def _azure_vm(state: dict[str, Any], key: str) -> None:
     state["vmId"] = f"{key[:8]}-{key[8:12]}-{key[12:16]}-{key[16:20]}-{key[20:32]}"
+    if isinstance(state.get("identity"), dict):  # a system-assigned identity's principal
+        state["identity"]["principalId"] = f"principal-{key[32:44]}"
 
 
 _OUTPUTS: dict[str, Callable[[dict[str, Any], str], None]] = {

@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from taskstack.compiler.plan import RANK_TAG, RUN_TAG, NetworkPlan
+from taskstack.stacks.cloudinit import WATCHDOG_PATH, AzureDeallocation, watchdog_script
 from taskstack.stacks.preview import preview
 from tests.stacks.plans import SSH_KEY, catalog_offer, make_plan
 
@@ -16,6 +17,8 @@ PUBLIC_IP = "azure-native:network:PublicIPAddress"
 PPG = "azure-native:compute:ProximityPlacementGroup"
 AVSET = "azure-native:compute:AvailabilitySet"
 NSG = "azure-native:network:NetworkSecurityGroup"
+ROLE_ASSIGNMENT = "azure-native:authorization:RoleAssignment"
+VM_CONTRIBUTOR = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"
 
 
 @pytest.mark.parametrize("nodes", [1, 2, 4])
@@ -28,6 +31,7 @@ def test_resource_counts_per_node_count(nodes: int) -> None:
             {
                 **cluster,
                 VM: nodes,
+                ROLE_ASSIGNMENT: nodes,
                 NIC: nodes,
                 NSG: 1,
                 PUBLIC_IP: nodes,
@@ -130,7 +134,8 @@ def test_tags_carry_run_and_rank() -> None:
     assert all(r.inputs["tags"][RUN_TAG] == "exp" for r in result.resources if "tags" in r.inputs)
     assert {vm.inputs["tags"][RANK_TAG] for vm in result.of_type(VM)} == {"0", "1"}
     assert {r.type for r in result.resources if "tags" not in r.inputs} == {
-        "azure-native:network:Subnet"
+        "azure-native:network:Subnet",
+        ROLE_ASSIGNMENT,
     }
 
 
@@ -138,9 +143,41 @@ def test_every_resource_lives_in_the_runs_resource_group() -> None:
     result = preview(make_plan("Standard_ND96asr_v4", nodes=2))
 
     (group,) = result.of_type("azure-native:resources:ResourceGroup")
-    assert {r.inputs["resourceGroupName"] for r in result.resources} == {
-        group.inputs["resourceGroupName"]
-    }
+    grouped = [r for r in result.resources if r.type != ROLE_ASSIGNMENT]
+    assert {r.inputs["resourceGroupName"] for r in grouped} == {group.inputs["resourceGroupName"]}
+    # Role assignments have no group: each is scoped to its VM, which is in the group.
+    assert all("/resourceGroups/" in r.inputs["scope"] for r in result.of_type(ROLE_ASSIGNMENT))
+
+
+@pytest.mark.parametrize("spot", [False, True], ids=["regular", "spot"])
+def test_each_vm_may_deallocate_itself_and_nothing_else(spot: bool) -> None:
+    offer = catalog_offer("Standard_NC4as_T4_v3", spot=spot)
+
+    result = preview(make_plan(offer, nodes=2, spot_policy="spot" if spot else "on-demand"))
+
+    vms = {vm.name: vm for vm in result.of_type(VM)}
+    assignments = {a.name: a.inputs for a in result.of_type(ROLE_ASSIGNMENT)}
+    assert sorted(assignments) == [f"{name}-deallocate" for name in sorted(vms)]
+    for name, vm in vms.items():
+        assert vm.inputs["identity"] == {"type": "SystemAssigned"}
+        assignment = assignments[f"{name}-deallocate"]
+        assert assignment["scope"].endswith(f"/{vm.inputs['vmName']}")
+        assert assignment["principalType"] == "ServicePrincipal"
+        assert assignment["principalId"].startswith("principal-")
+        subscription = "/".join(assignment["scope"].split("/")[:3])
+        assert assignment["roleDefinitionId"] == (
+            f"{subscription}/providers/Microsoft.Authorization/roleDefinitions/{VM_CONTRIBUTOR}"
+        )
+    assert len({a["principalId"] for a in assignments.values()}) == len(vms)
+
+
+def test_the_vms_switch_and_backstop_deallocate_through_resource_manager() -> None:
+    (vm,) = preview(make_plan("Standard_NC4as_T4_v3", max_duration="1h")).of_type(VM)
+
+    script = base64.b64decode(vm.inputs["osProfile"]["customData"]).decode()
+
+    assert watchdog_script(grace=600, azure=AzureDeallocation()) in script
+    assert f"--on-active=4200s {WATCHDOG_PATH} now" in script
 
 
 def test_nodes_output_in_rank_order() -> None:

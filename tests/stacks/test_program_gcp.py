@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from taskstack.compiler.plan import NetworkPlan
 from taskstack.errors import StackError
+from taskstack.stacks.cloudinit import NATIVE_LIMIT_HEAD_START_SECONDS
 from taskstack.stacks.preview import preview
 from tests.stacks.plans import (
     SSH_KEY,
@@ -88,6 +91,15 @@ def test_max_duration_deletes_the_vm_after_the_grace() -> None:
     scheduling = result.of_type(INSTANCE)[0].inputs["scheduling"]
     assert scheduling["maxRunDuration"] == {"seconds": 3600 + 600}
     assert scheduling["instanceTerminationAction"] == "DELETE"
+
+
+def test_gcp_deletes_the_vm_before_the_nodes_own_backstop_would_only_stop_it() -> None:
+    (instance,) = preview(make_plan("g2-standard-4", max_duration="1h")).of_type(INSTANCE)
+
+    native = instance.inputs["scheduling"]["maxRunDuration"]["seconds"]
+    script = instance.inputs["metadata"]["user-data"]
+    backstop = int(re.search(r"--on-active=(\d+)s", script).group(1))
+    assert backstop == native + NATIVE_LIMIT_HEAD_START_SECONDS
 
 
 def test_boot_disk_zone_image_key_and_labels() -> None:

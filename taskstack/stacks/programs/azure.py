@@ -2,10 +2,16 @@
 
 Everything of a run lives in its own resource group, so deleting the group removes any
 leftover. A cluster (nodes > 1) shares a proximity placement group and an availability set
-aligned to it, which keeps InfiniBand sizes on one fabric. Azure has no "terminate on
-power-off": a VM that halts itself stays allocated and keeps billing, so the power-off
-backstop of the user data does not end billing here; the heartbeat check must deallocate
-through the API instead.
+aligned to it, which keeps InfiniBand sizes on one fabric.
+
+Azure has no "terminate on power-off": a VM that halts itself stays allocated and keeps
+billing. So each VM has a system-assigned identity and, scoped to the VM alone, the built-in
+role Virtual Machine Contributor; the dead man's switch and the max_duration backstop use it
+to have Azure Resource Manager deallocate the VM before they power it off
+(`cloudinit.AzureDeallocation`). A deallocated VM bills no compute; its OS disk and its
+Standard public address (billed while it exists) bill until `destroy`. Granting the role
+takes `Microsoft.Authorization/roleAssignments/write`, which Contributor lacks: the engine
+turns that refusal into one line naming the role to grant (`pulumi_engine`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ _UBUNTU_IMAGE = {
     "x86_64": "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest",
     "arm64": "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-arm64:latest",
 }
+
+# Azure's built-in role "Virtual Machine Contributor" (the same id in every tenant): it
+# holds Microsoft.Compute/virtualMachines/*, deallocate included.
+_VM_CONTRIBUTOR_ROLE = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"
 
 # Sizes without accelerated networking (Azure docs, "Accelerated Networking overview").
 _NO_ACCELERATED_NETWORKING = ("Standard_A", "Standard_B1", "Standard_B2", "Basic_")
@@ -53,6 +63,7 @@ def declare(plan: ClusterPlan) -> None:
             public_ip=public_ip,
         )
         vm = _vm(plan, rank=node.rank, group=group, nic=nic, availability_set=availability_set)
+        _self_deallocation(plan, rank=node.rank, vm=vm)
         nodes.append(
             {
                 "rank": node.rank,
@@ -223,6 +234,10 @@ def _vm(
         availability_set=azure.compute.SubResourceArgs(id=availability_set.id)
         if availability_set
         else None,
+        # The identity the node's switch deallocates the VM with (`_self_deallocation`).
+        identity=azure.compute.VirtualMachineIdentityArgs(
+            type=azure.compute.ResourceIdentityType.SYSTEM_ASSIGNED
+        ),
         priority="Spot" if plan.spot else "Regular",
         eviction_policy="Delete" if plan.spot else None,
         # -1: pay up to the on-demand price, never evicted for price alone.
@@ -232,6 +247,32 @@ def _vm(
         if plan.spot
         else None,
         tags=plan.node_tags(rank),
+    )
+
+
+def _self_deallocation(
+    plan: ClusterPlan, *, rank: int, vm: azure.compute.VirtualMachine
+) -> azure.authorization.RoleAssignment:
+    """Virtual Machine Contributor for the VM's own identity, on that VM only."""
+    return azure.authorization.RoleAssignment(
+        f"{plan.nodes[rank].name}-deallocate",
+        scope=vm.id,
+        principal_id=vm.identity.apply(
+            lambda identity: identity.principal_id if identity else None
+        ),
+        # A fresh identity may not have replicated yet; the type spares the lookup that
+        # would fail (Azure RBAC docs, "Assign Azure roles using the REST API").
+        principal_type=azure.authorization.PrincipalType.SERVICE_PRINCIPAL,
+        role_definition_id=vm.id.apply(_vm_contributor_role),
+        description=f"taskstack run {plan.run_name}: the node deallocates itself",
+    )
+
+
+def _vm_contributor_role(vm_id: str) -> str:
+    """The role's id in the VM's subscription (`/subscriptions/<id>` heads the VM's id)."""
+    subscription = "/".join(vm_id.split("/")[:3])
+    return (
+        f"{subscription}/providers/Microsoft.Authorization/roleDefinitions/{_VM_CONTRIBUTOR_ROLE}"
     )
 
 

@@ -4,6 +4,16 @@ GPUs are part of the machine type for A2, A3 and G2 and attached as guest accele
 to N1. A TPU slice is one `gcp.tpu.V2Vm`; its hosts (the API's network endpoints) are the
 run's nodes, ranked in the order the API lists them. Labels cannot hold `:`, so the run and
 rank tags become `taskstack-run` and `taskstack-rank` here.
+
+What a node's power-off (the dead man's switch, the max_duration backstop) leaves billed:
+- an instance is stopped (TERMINATED): no more compute or GPU charges, and its external
+  address is ephemeral, so released; its boot disk bills until `destroy` deletes the
+  instance. With max_duration, GCP deletes the instance itself, disk included
+  (`maxRunDuration` with `DELETE`), ahead of the node's own backstop; spot instances are
+  deleted on preemption too.
+- a TPU VM: a host's power-off does not stop or delete the TPU node, and the TPU API has
+  no run limit (its scheduling config holds only spot, preemptible and reserved), so the
+  slice bills until `destroy`.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import pulumi_gcp as gcp
 
 from taskstack.compiler.plan import ClusterPlan
 from taskstack.errors import StackError
-from taskstack.stacks.cloudinit import user_data
+from taskstack.stacks.cloudinit import run_limit_seconds, user_data
 from taskstack.stacks.programs import NODES_OUTPUT
 
 # Canonical's accelerator images carry the NVIDIA driver; the container toolkit comes from
@@ -227,13 +237,21 @@ def _guest_accelerators(
     return [gcp.compute.InstanceGuestAcceleratorArgs(type=accelerator, count=plan.gpu.count)]
 
 
+# TODO: a node could delete itself through the Compute (or TPU) API with a token of its
+# service account from the metadata server, as Azure nodes deallocate themselves
+# (stacks/cloudinit.py); that needs a service account per node allowed to delete that node,
+# which this program does not declare. Until then a run whose apply died keeps its boot
+# disks (instances) or its whole slice (TPU VMs) billed until `dstack destroy`.
 def _scheduling(plan: ClusterPlan) -> gcp.compute.InstanceSchedulingArgs:
     """Spot provisioning, GPU maintenance, and deletion when max_duration runs out.
 
     A GCP VM that powers itself off is only stopped (its disk still bills), so the power-off
-    backstop of the user data is doubled by `max_run_duration`, which deletes the VM.
+    backstop of the user data is doubled by `max_run_duration`, which deletes the VM. The
+    timer counts running time only, so the node's backstop fires a little later
+    (`cloudinit.NATIVE_LIMIT_HEAD_START_SECONDS`). A preempted spot VM is deleted too,
+    rather than left stopped with its disk.
     """
-    limit = plan.max_duration + plan.heartbeat_grace if plan.max_duration is not None else None
+    limit = run_limit_seconds(plan)
     deletes = plan.spot or limit is not None
     return gcp.compute.InstanceSchedulingArgs(
         provisioning_model="SPOT" if plan.spot else "STANDARD",
@@ -255,7 +273,10 @@ def _tpu_vm(
     network: pulumi.Input[str],
     subnetwork: pulumi.Input[str],
 ) -> pulumi.Output[list[dict[str, object]]]:
-    """One TPU VM for the whole slice; its hosts become the nodes, in the API's order."""
+    """One TPU VM for the whole slice; its hosts become the nodes, in the API's order.
+
+    Nothing here ends the slice's billing before `destroy` (see the module docstring).
+    """
     assert plan.tpu is not None
     vm = gcp.tpu.V2Vm(
         plan.run_name,
