@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskstack.compiler.catalog import Offer, TpuSlice, load_packaged
+from taskstack.compiler.catalog import Offer, load_packaged
 from taskstack.compiler.config import TaskConfig
 from taskstack.compiler.plan import ClusterPlan, NetworkPlan, build_plan
 
@@ -21,14 +21,13 @@ def catalog_offer(instance_type: str, *, spot: bool = False, region: str | None 
     raise LookupError(f"the packaged catalog has no {instance_type} (spot={spot})")
 
 
-def multi_host_tpu_offer(name: str = "v5litepod-16", chips: int = 16) -> Offer:
-    """A v5e slice of several hosts (the packaged catalog sells single-host slices only)."""
-    update = {"instance_type": name, "tpu": TpuSlice(name=name, generation="v5e", chips=chips)}
-    return catalog_offer("v5litepod-8").model_copy(update=update)
+def multi_host_tpu_offer(name: str = "v5litepod-16") -> Offer:
+    """The packaged catalog's slice of several hosts (on-demand)."""
+    return catalog_offer(name)
 
 
 def cpu_offer(backend: str, instance_type: str, region: str, **fields: Any) -> Offer:
-    """A CPU-only offer (the packaged catalog holds GPU and TPU offers only)."""
+    """A CPU-only offer with the given fields (zones, prices the tests choose)."""
     values: dict[str, Any] = {
         "backend": backend,
         "region": region,
