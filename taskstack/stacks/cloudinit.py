@@ -9,11 +9,12 @@ containers. The text depends on the plan only, so rendering twice gives the same
 
 The switch and the backstop end in one script (`WATCHDOG_PATH`; `... now` skips the wait).
 What a power-off ends depends on the cloud: AWS terminates the instance
-(`instance_initiated_shutdown_behavior`); GCP stops it (TERMINATED: no compute or GPU
-billing, the disk bills until destroy) and deletes it itself when max_duration runs out
-(`scheduling.maxRunDuration`), ahead of the node's backstop; Azure would keep a powered-off
-VM allocated and billed, so there the script first asks Azure Resource Manager to
-deallocate the VM (`AzureDeallocation`).
+(`instance_initiated_shutdown_behavior`). GCP would only stop an instance (its disk bills
+on) and would not stop a TPU node at all, so there the script first deletes the node
+through the Compute or TPU API (`GcpSelfDeletion`); instances with max_duration are also
+deleted by GCP itself (`scheduling.maxRunDuration`), ahead of the node's backstop. Azure
+would keep a powered-off VM allocated and billed, so there the script first asks Azure
+Resource Manager to deallocate the VM (`AzureDeallocation`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ BOOT_ALLOWANCE_SECONDS = 900
 WATCHDOG_CHECK_SECONDS = 15
 NATIVE_LIMIT_HEAD_START_SECONDS = 300
 """Where the cloud enforces the run limit itself and deletes the VM (GCP instances), the
-node's own backstop fires this much later: a node that powered itself off first would only
-be stopped, and the cloud's timer, which counts running time, would never delete it."""
+node's own backstop fires this much later: a node whose own deletion was refused would
+power off and only be stopped, and the cloud's timer, which counts running time, would
+never delete it."""
+TPU_NODE_ATTRIBUTE = "taskstack-tpu-node"
+"""TPU VM metadata that `programs/gcp.py` sets to the node's resource name
+(`projects/P/locations/Z/nodes/N`); a host's switch reads it to delete the node."""
 
 
 @dataclass(frozen=True)
@@ -57,15 +62,39 @@ class AzureDeallocation:
     settle_seconds: int = 300
 
 
+@dataclass(frozen=True)
+class GcpSelfDeletion:
+    """How a GCP node has itself deleted before it powers off.
+
+    A guest power-off only stops a compute instance (its boot disk bills on) and does not
+    stop a TPU node at all (the slice bills on). So the script deletes the node, as the
+    run's service account that `programs/gcp.py` puts on the node and allows to delete it:
+    an access token from the metadata server, then `DELETE` on the Compute API for an
+    instance (project, zone and name from the metadata server) or on the TPU API for a TPU
+    VM (the node's resource name from the `TPU_NODE_ATTRIBUTE` metadata). It powers off at
+    once if that is refused, or after `settle_seconds` if the node still runs by then.
+    POSIX sh, curl and sed, as for Azure. Tests point the URLs at a loopback server.
+    """
+
+    tpu: bool = False
+    metadata_url: str = "http://metadata.google.internal"
+    compute_url: str = "https://compute.googleapis.com"
+    tpu_url: str = "https://tpu.googleapis.com"
+    settle_seconds: int = 300
+
+
 def user_data(plan: ClusterPlan) -> str:
     """The script for the plan's nodes (all nodes of a run run the same script)."""
     steps = [_HEADER, _docker(plan.ssh_user)]
     if plan.nvidia:
         steps.append(_NVIDIA_TOOLKIT)
     azure = AzureDeallocation() if plan.cloud == "azure" else None
-    if azure is not None:
+    gcp = GcpSelfDeletion(tpu=plan.tpu is not None) if plan.cloud == "gcp" else None
+    if azure is not None or gcp is not None:
         steps.append(_CURL)
-    steps.append(_dead_mans_switch(plan.heartbeat_grace, ssh_user=plan.ssh_user, azure=azure))
+    steps.append(
+        _dead_mans_switch(plan.heartbeat_grace, ssh_user=plan.ssh_user, azure=azure, gcp=gcp)
+    )
     backstop = _backstop_seconds(plan)
     if backstop is not None:
         steps.append(_backstop(backstop))
@@ -134,17 +163,24 @@ def watchdog_script(
     poweroff: str = "systemctl poweroff",
     check_seconds: float = WATCHDOG_CHECK_SECONDS,
     azure: AzureDeallocation | None = None,
+    gcp: GcpSelfDeletion | None = None,
 ) -> str:
     """The dead man's switch: a POSIX sh loop that runs `poweroff` once `heartbeat` is older
     than `grace` seconds, then exits; run with the argument `now`, it skips the wait (the
     max_duration backstop runs it so).
 
-    Nodes install it with `poweroff` powering the machine off; the clouds are told to end
-    the billing on a power-off (AWS `instance_initiated_shutdown_behavior = terminate`), and
-    on Azure, which cannot be, `azure` has the VM deallocated first. Tests install the same
-    script with a command they can observe.
+    Nodes install it with `poweroff` powering the machine off; AWS is told to end the
+    billing on a power-off (`instance_initiated_shutdown_behavior = terminate`), and on the
+    clouds that cannot be told so, `azure` has the VM deallocated first and `gcp` has the
+    node deleted first. Tests install the same script with a command they can observe.
     """
-    release = _azure_deallocation(azure) if azure is not None else ""
+    if azure is not None and gcp is not None:
+        raise ValueError("a node is on Azure or on GCP: pass `azure` or `gcp`, not both")
+    release = ""
+    if azure is not None:
+        release = _azure_deallocation(azure)
+    if gcp is not None:
+        release = _gcp_self_deletion(gcp)
     return f"""#!/bin/sh
 # taskstack dead man's switch: `dstack apply` touches the heartbeat while it runs.
 heartbeat={shlex.quote(heartbeat)}
@@ -199,10 +235,71 @@ fi
 """
 
 
-def _dead_mans_switch(grace: int, *, ssh_user: str, azure: AzureDeallocation | None) -> str:
+def _gcp_self_deletion(gcp: GcpSelfDeletion) -> str:
+    if gcp.tpu:
+        api, kind, where = gcp.tpu_url, "TPU node", _GCP_TPU_NODE
+        left = "the whole slice stays billed until destroyed"
+    else:
+        api, kind, where = gcp.compute_url, "instance", _GCP_INSTANCE
+        left = "it stops, and its boot disk stays billed until destroyed"
+    settings = f"""metadata={shlex.quote(gcp.metadata_url)}
+api={shlex.quote(api)}
+settle={int(gcp.settle_seconds)}
+"""
+    return settings + _GCP_DELETE.format(where=where, kind=kind, left=left)
+
+
+# Paths of the metadata server as in Compute Engine's "About VM metadata"; the token comes
+# back as one line of JSON.
+_GCP_DELETE = r"""metadata_get() {{
+  # The metadata server answers on the VM's own link, never through a proxy.
+  curl -sS --fail --retry 3 --noproxy '*' --max-time 10 -H 'Metadata-Flavor: Google' \
+    "$metadata/computeMetadata/v1/$1"
+}}
+delete_self() {{
+  answer=$(metadata_get instance/service-accounts/default/token) || return 1
+  token=$(printf '%s' "$answer" | sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p')
+  [ -n "$token" ] || return 1
+{where}  curl -sS --fail --retry 3 --max-time 60 -X DELETE -o /dev/null \
+    -H "Authorization: Bearer $token" "$api/$node"
+}}
+if delete_self; then
+  echo "taskstack: GCP is deleting this {kind}" >&2
+  sleep "$settle"
+  echo "taskstack: the {kind} still runs $settle s later" >&2
+else
+  echo "taskstack: GCP did not delete this {kind}; {left}" >&2
+fi
+"""
+
+# An instance: the Compute API's path from the instance's own metadata (`instance/zone`
+# is `projects/NUMBER/zones/ZONE`).
+_GCP_INSTANCE = r"""  project=$(metadata_get project/project-id) || return 1
+  zone=$(metadata_get instance/zone) || return 1
+  name=$(metadata_get instance/name) || return 1
+  [ -n "$project" ] && [ -n "$zone" ] && [ -n "$name" ] || return 1
+  node="compute/v1/projects/$project/zones/${zone##*/}/instances/$name"
+"""
+
+# A TPU VM host's own metadata names the host VM, not the TPU node, so the program writes
+# the node's resource name as metadata. Every host of a slice sends the DELETE: the first
+# one wins; the later ones are refused (the node is already going) and power off at once.
+_GCP_TPU_NODE = f"""  node=$(metadata_get instance/attributes/{TPU_NODE_ATTRIBUTE}) || return 1
+  [ -n "$node" ] || return 1
+  node="v2/$node"
+"""
+
+
+def _dead_mans_switch(
+    grace: int,
+    *,
+    ssh_user: str,
+    azure: AzureDeallocation | None,
+    gcp: GcpSelfDeletion | None,
+) -> str:
     # The first beat is dated ahead by the boot allowance; the SSH user owns the file so
     # the apply can touch it without sudo. A transient unit: it starts once per boot.
-    script = watchdog_script(grace=grace, azure=azure)
+    script = watchdog_script(grace=grace, azure=azure, gcp=gcp)
     return f"""
 cat > {WATCHDOG_PATH} <<'TASKSTACK_WATCHDOG'
 {script}TASKSTACK_WATCHDOG

@@ -301,6 +301,13 @@ def _gcp_tpu(state: dict[str, Any], key: str) -> None:
     state["tpuVmId"] = str(int(key[:15], 16))
 
 
+def _gcp_service_account(state: dict[str, Any], key: str) -> None:
+    """The email and IAM member the provider derives from the account id and project."""
+    project = state.setdefault("project", "mock")
+    state["email"] = f"{state['accountId']}@{project}.iam.gserviceaccount.com"
+    state["member"] = f"serviceAccount:{state['email']}"
+
+
 def _azure_public_ip(state: dict[str, Any], key: str) -> None:
     state["ipAddress"] = _fake_ip(_PUBLIC_NET, key, "public")
 
@@ -322,6 +329,7 @@ _OUTPUTS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "aws:ec2/eip:Eip": _aws_eip,
     "gcp:compute/instance:Instance": _gcp_instance,
     "gcp:tpu/v2Vm:V2Vm": _gcp_tpu,
+    "gcp:serviceaccount/account:Account": _gcp_service_account,
     "azure-native:network:PublicIPAddress": _azure_public_ip,
     "azure-native:network:NetworkInterface": _azure_nic,
     "azure-native:compute:VirtualMachine": _azure_vm,

@@ -8,8 +8,9 @@ import pytest
 
 from taskstack.compiler.plan import NetworkPlan
 from taskstack.errors import StackError
-from taskstack.stacks.cloudinit import NATIVE_LIMIT_HEAD_START_SECONDS
+from taskstack.stacks.cloudinit import NATIVE_LIMIT_HEAD_START_SECONDS, TPU_NODE_ATTRIBUTE
 from taskstack.stacks.preview import preview
+from taskstack.stacks.programs.gcp import service_account_id
 from tests.stacks.plans import (
     SSH_KEY,
     catalog_offer,
@@ -22,6 +23,13 @@ INSTANCE = "gcp:compute/instance:Instance"
 POLICY = "gcp:compute/resourcePolicy:ResourcePolicy"
 FIREWALL = "gcp:compute/firewall:Firewall"
 TPU_VM = "gcp:tpu/v2Vm:V2Vm"
+ACCOUNT = "gcp:serviceaccount/account:Account"
+INSTANCE_GRANT = "gcp:compute/instanceIAMMember:InstanceIAMMember"
+DISK_GRANT = "gcp:compute/diskIamMember:DiskIamMember"
+PROJECT_GRANT = "gcp:projects/iAMMember:IAMMember"
+
+# GCP's rule for service account ids (IAM API, `projects.serviceAccounts.create`).
+ACCOUNT_ID = re.compile(r"^[a-z](?:[-a-z0-9]{4,28}[a-z0-9])$")
 
 
 @pytest.mark.parametrize("nodes", [1, 2, 4])
@@ -29,8 +37,11 @@ def test_resource_counts_per_node_count(nodes: int) -> None:
     result = preview(make_plan("a3-highgpu-8g", nodes=nodes))
 
     assert result.counts == {
+        ACCOUNT: 1,
+        DISK_GRANT: nodes,
         FIREWALL: 1 if nodes == 1 else 2,
         INSTANCE: nodes,
+        INSTANCE_GRANT: nodes,
         "gcp:compute/network:Network": 1,
         **({POLICY: 1} if nodes > 1 else {}),
         "gcp:compute/subnetwork:Subnetwork": 1,
@@ -188,3 +199,99 @@ def test_rendering_twice_gives_the_same_program() -> None:
     plan = make_plan(multi_host_tpu_offer())
 
     assert preview(plan).to_json() == preview(plan).to_json()
+
+
+# --- the nodes delete themselves (cloudinit.GcpSelfDeletion) ---------------------------------
+
+
+def test_instances_run_as_the_runs_service_account_with_the_cloud_platform_scope() -> None:
+    result = preview(make_plan("a3-highgpu-8g", nodes=2, run_name="exp"))
+
+    (account,) = result.of_type(ACCOUNT)
+    assert account.inputs["accountId"] == "taskstack-exp"
+    email = "taskstack-exp@mock.iam.gserviceaccount.com"
+    assert [i.inputs["serviceAccount"] for i in result.of_type(INSTANCE)] == [
+        {"email": email, "scopes": ["cloud-platform"]}
+    ] * 2
+
+
+def test_each_instance_may_delete_itself_and_its_boot_disk_and_nothing_else() -> None:
+    result = preview(make_plan("a3-highgpu-8g", nodes=2, run_name="exp"))
+
+    member = "serviceAccount:taskstack-exp@mock.iam.gserviceaccount.com"
+    instances = {i.name: i.inputs for i in result.of_type(INSTANCE)}
+    for grants, target in ((INSTANCE_GRANT, "instanceName"), (DISK_GRANT, "name")):
+        granted = {g.inputs[target]: g.inputs for g in result.of_type(grants)}
+        assert sorted(granted) == sorted(i["name"] for i in instances.values())
+        for name, grant in granted.items():
+            assert grant["role"] == "roles/compute.instanceAdmin.v1"
+            assert grant["member"] == member
+            assert grant["zone"] == instances[name]["zone"]
+            assert "condition" not in grant
+    # Instance-level grants only: nothing on the project.
+    assert result.of_type(PROJECT_GRANT) == []
+
+
+def test_max_duration_still_arms_gcp_deletion_besides_the_nodes_own() -> None:
+    (instance,) = preview(make_plan("g2-standard-4", max_duration="1h")).of_type(INSTANCE)
+
+    assert instance.inputs["scheduling"]["instanceTerminationAction"] == "DELETE"
+    assert "serviceAccount" in instance.inputs
+    assert "GCP is deleting this instance" in instance.inputs["metadata"]["user-data"]
+
+
+def test_tpu_vm_runs_as_the_service_account_and_knows_its_node_name() -> None:
+    offer = multi_host_tpu_offer()
+
+    result = preview(make_plan(offer, run_name="slice"))
+
+    (vm,) = result.of_type(TPU_VM)
+    assert vm.inputs["serviceAccount"] == {
+        "email": "taskstack-slice@mock.iam.gserviceaccount.com",
+        "scopes": ["cloud-platform"],
+    }
+    assert vm.inputs["metadata"][TPU_NODE_ATTRIBUTE] == (
+        f"projects/mock/locations/{vm.inputs['zone']}/nodes/slice"
+    )
+    assert "GCP is deleting this TPU node" in vm.inputs["metadata"]["startup-script"]
+
+
+def test_tpu_vm_grant_is_tpu_editor_on_the_project_as_nodes_have_no_iam_of_their_own() -> None:
+    result = preview(make_plan(catalog_offer("v5litepod-8"), run_name="slice"))
+
+    (grant,) = result.of_type(PROJECT_GRANT)
+    assert grant.inputs["project"] == "mock"  # the provider's project: the plan names none
+    assert grant.inputs["role"] == "roles/tpu.editor"
+    assert grant.inputs["member"] == "serviceAccount:taskstack-slice@mock.iam.gserviceaccount.com"
+    assert "condition" not in grant.inputs  # the TPU API does not read resource conditions
+    assert result.of_type(INSTANCE_GRANT) == result.of_type(DISK_GRANT) == []
+
+
+def test_the_plans_project_is_the_service_accounts_and_the_grants() -> None:
+    plan = make_plan(catalog_offer("v5litepod-8")).model_copy(update={"project": "proj-7"})
+
+    result = preview(plan)
+
+    (account,) = result.of_type(ACCOUNT)
+    (grant,) = result.of_type(PROJECT_GRANT)
+    (vm,) = result.of_type(TPU_VM)
+    assert account.inputs["project"] == grant.inputs["project"] == "proj-7"
+    assert vm.inputs["metadata"][TPU_NODE_ATTRIBUTE].startswith("projects/proj-7/")
+
+
+@pytest.mark.parametrize(
+    "run_name",
+    ["a", "demo", "a" * 20, "a" * 21, "trailing-", "a" * 41, "a" + "-" * 40, "x1-x2-x3-x4-x5"],
+)
+def test_service_account_ids_follow_gcps_rule_for_every_run_name(run_name: str) -> None:
+    account_id = service_account_id(run_name)
+
+    assert ACCOUNT_ID.match(account_id), account_id
+
+
+def test_long_run_names_sharing_a_prefix_get_distinct_service_accounts() -> None:
+    first = service_account_id("experiment-with-a-long-name-1")
+    second = service_account_id("experiment-with-a-long-name-2")
+
+    assert first != second
+    assert first.startswith("taskstack-experiment")

@@ -5,19 +5,41 @@ to N1. A TPU slice is one `gcp.tpu.V2Vm`; its hosts (the API's network endpoints
 run's nodes, ranked in the order the API lists them. Labels cannot hold `:`, so the run and
 rank tags become `taskstack-run` and `taskstack-rank` here.
 
-What a node's power-off (the dead man's switch, the max_duration backstop) leaves billed:
-- an instance is stopped (TERMINATED): no more compute or GPU charges, and its external
-  address is ephemeral, so released; its boot disk bills until `destroy` deletes the
-  instance. With max_duration, GCP deletes the instance itself, disk included
-  (`maxRunDuration` with `DELETE`), ahead of the node's own backstop; spot instances are
-  deleted on preemption too.
-- a TPU VM: a host's power-off does not stop or delete the TPU node, and the TPU API has
-  no run limit (its scheduling config holds only spot, preemptible and reserved), so the
-  slice bills until `destroy`.
+What a node's dead man's switch or max_duration backstop leaves billed. The node first
+deletes itself (`cloudinit.GcpSelfDeletion`), as the run's service account, then powers off:
+- an instance: deleted, and its auto-delete boot disk and ephemeral address with it, so
+  nothing stays billed. Should the deletion be refused, the power-off only stops it
+  (TERMINATED: no compute or GPU charges) and its boot disk bills until `destroy`; with
+  max_duration GCP deletes the instance itself (`maxRunDuration` with `DELETE`), ahead of
+  the node's own backstop. Spot instances are deleted on preemption too.
+- a TPU VM: the TPU node is deleted, and the whole slice with it, so nothing stays billed.
+  Should the deletion be refused, the slice bills until `destroy`: a host's power-off does
+  not stop the node, and the TPU API has no run limit (its scheduling config holds only
+  spot, preemptible and reserved).
+What a run keeps until `destroy` besides (network, subnet, firewall rules, placement
+policy, service account, IAM grants) is not billed.
+
+The grants, as narrow as we found GCP lets us express them:
+- an instance: `roles/compute.instanceAdmin.v1`, the narrowest predefined role we know
+  of with `compute.instances.delete`, on that instance alone (an instance-level IAM
+  binding) and on its boot disk alone, which the deletion removes with it.
+- a TPU VM: `roles/tpu.editor` on the whole project, the narrowest predefined TPU role
+  with `tpu.nodes.delete` (IAM docs, "Cloud TPU roles and permissions"). TPU nodes have no IAM
+  policy of their own, and the TPU API is not among the services that recognize IAM
+  conditions on the resource name (IAM docs, "Resource attributes for IAM Conditions").
+  So the nodes of a TPU run may create and delete any TPU node of the project,
+  and so may any code on them that asks the metadata server for a token. What would
+  narrow it: a custom role with `tpu.nodes.delete` alone, made once outside the runs
+  (a deleted custom role's id stays taken for weeks, so one per run cannot be).
+
+Applying this takes more than creating VMs: creating service accounts, acting as them
+(`iam.serviceAccounts.actAs`), and setting IAM policies on instances and disks and, for TPU
+VMs, on the project (`resourcemanager.projects.setIamPolicy`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +48,7 @@ import pulumi_gcp as gcp
 
 from taskstack.compiler.plan import ClusterPlan
 from taskstack.errors import StackError
-from taskstack.stacks.cloudinit import run_limit_seconds, user_data
+from taskstack.stacks.cloudinit import TPU_NODE_ATTRIBUTE, run_limit_seconds, user_data
 from taskstack.stacks.programs import NODES_OUTPUT
 
 # Canonical's accelerator images carry the NVIDIA driver; the container toolkit comes from
@@ -60,20 +82,38 @@ _TPU_RUNTIME = {
 # Newer series boot from Hyperdisk only.
 _HYPERDISK_SERIES = frozenset({"a4", "c4", "c4a", "c4d", "n4", "h4d", "x4"})
 
+# What the nodes' service account may do (see the module docstring for the breadth). The
+# token's scope lets IAM alone decide, as Compute Engine's docs advise for service accounts.
+_INSTANCE_ROLE = "roles/compute.instanceAdmin.v1"
+_TPU_ROLE = "roles/tpu.editor"
+_SCOPES = ["cloud-platform"]
+
+# Service account ids: 6-30 characters, a lowercase letter first, no dash last.
+_ACCOUNT_PREFIX = "taskstack-"
+_ACCOUNT_ID_MAX = 30
+
 
 def declare(plan: ClusterPlan) -> None:
     """Declare the plan's resources in the running Pulumi program and export `nodes`."""
     zone = _zone(plan)
     network, subnetwork = _network(plan)
     _firewalls(plan, network=network)
+    account = _service_account(plan)
 
     nodes: pulumi.Input[list[dict[str, object]]]
     if plan.tpu is not None:
-        nodes = _tpu_vm(plan, zone=zone, network=network, subnetwork=subnetwork)
+        nodes = _tpu_vm(plan, zone=zone, network=network, subnetwork=subnetwork, account=account)
     else:
         policy = _placement_policy(plan) if plan.placement_group else None
         nodes = [
-            _instance(plan, rank=node.rank, zone=zone, subnetwork=subnetwork, policy=policy)
+            _instance(
+                plan,
+                rank=node.rank,
+                zone=zone,
+                subnetwork=subnetwork,
+                policy=policy,
+                account=account,
+            )
             for node in plan.nodes
         ]
     pulumi.export(NODES_OUTPUT, nodes)
@@ -82,6 +122,17 @@ def declare(plan: ClusterPlan) -> None:
 def labels(tags: dict[str, str]) -> dict[str, str]:
     """Tags as GCP labels: lowercase letters, digits, `-` and `_` only."""
     return {_label_text(k): _label_text(v) for k, v in tags.items()}
+
+
+def service_account_id(run_name: str) -> str:
+    """The run's service account id: `taskstack-RUN`, or, where that does not fit GCP's
+    rules, the run name cut short and a hash of it (`taskstack-long-run-na-1a2b3c4d`)."""
+    whole = _ACCOUNT_PREFIX + run_name
+    if whole[-1].isalnum() and len(whole) <= _ACCOUNT_ID_MAX:
+        return whole
+    digest = hashlib.sha256(run_name.encode()).hexdigest()[:8]
+    room = _ACCOUNT_ID_MAX - len(_ACCOUNT_PREFIX) - len(digest) - 1
+    return f"{_ACCOUNT_PREFIX}{run_name[:room].rstrip('-')}-{digest}"
 
 
 def _label_text(text: str) -> str:
@@ -150,6 +201,17 @@ def _firewalls(plan: ClusterPlan, *, network: pulumi.Input[str]) -> None:
         )
 
 
+def _service_account(plan: ClusterPlan) -> gcp.serviceaccount.Account:
+    """The identity the run's nodes delete themselves with; it holds no role of its own."""
+    return gcp.serviceaccount.Account(
+        f"{plan.run_name}-sa",
+        account_id=service_account_id(plan.run_name),
+        display_name=f"taskstack run {plan.run_name}",
+        description="The run's nodes delete themselves with it once their apply is gone",
+        project=plan.project,
+    )
+
+
 def _placement_policy(plan: ClusterPlan) -> gcp.compute.ResourcePolicy:
     return gcp.compute.ResourcePolicy(
         f"{plan.run_name}-placement",
@@ -168,6 +230,7 @@ def _instance(
     zone: str,
     subnetwork: pulumi.Input[str],
     policy: gcp.compute.ResourcePolicy | None,
+    account: gcp.serviceaccount.Account,
 ) -> dict[str, object]:
     name = plan.nodes[rank].name
     access = [gcp.compute.InstanceNetworkInterfaceAccessConfigArgs()]
@@ -186,6 +249,9 @@ def _instance(
         guest_accelerators=_guest_accelerators(plan),
         scheduling=_scheduling(plan),
         resource_policies=policy.self_link if policy else None,
+        service_account=gcp.compute.InstanceServiceAccountArgs(
+            email=account.email, scopes=_SCOPES
+        ),
         metadata={
             "ssh-keys": f"{plan.ssh_user}:{plan.ssh_public_key}",
             "user-data": user_data(plan),
@@ -194,6 +260,7 @@ def _instance(
         labels=labels(plan.node_tags(rank)),
         project=plan.project,
     )
+    _instance_self_deletion(plan, name=name, zone=zone, instance=instance, account=account)
     interface = instance.network_interfaces[0]
     return {
         "rank": rank,
@@ -201,6 +268,38 @@ def _instance(
         "public_ip": interface.access_configs[0].nat_ip if plan.network.public_ips else None,
         "private_ip": interface.network_ip,
     }
+
+
+def _instance_self_deletion(
+    plan: ClusterPlan,
+    *,
+    name: str,
+    zone: str,
+    instance: gcp.compute.Instance,
+    account: gcp.serviceaccount.Account,
+) -> None:
+    """The run's service account may delete this instance, and its boot disk, and no other.
+
+    Deleting the instance deletes its auto-delete boot disk too; the grant on the disk keeps
+    that from resting on the instance-level grant alone. A boot disk made from
+    `initialize_params` is named after its instance (Compute Engine's default).
+    """
+    gcp.compute.InstanceIAMMember(
+        f"{name}-delete-self",
+        instance_name=instance.name,
+        zone=zone,
+        role=_INSTANCE_ROLE,
+        member=account.member,
+        project=plan.project,
+    )
+    gcp.compute.DiskIamMember(
+        f"{name}-disk-delete-self",
+        name=instance.name,
+        zone=zone,
+        role=_INSTANCE_ROLE,
+        member=account.member,
+        project=plan.project,
+    )
 
 
 def _boot_disk(plan: ClusterPlan) -> gcp.compute.InstanceBootDiskArgs:
@@ -237,19 +336,14 @@ def _guest_accelerators(
     return [gcp.compute.InstanceGuestAcceleratorArgs(type=accelerator, count=plan.gpu.count)]
 
 
-# TODO: a node could delete itself through the Compute (or TPU) API with a token of its
-# service account from the metadata server, as Azure nodes deallocate themselves
-# (stacks/cloudinit.py); that needs a service account per node allowed to delete that node,
-# which this program does not declare. Until then a run whose apply died keeps its boot
-# disks (instances) or its whole slice (TPU VMs) billed until `dstack destroy`.
 def _scheduling(plan: ClusterPlan) -> gcp.compute.InstanceSchedulingArgs:
     """Spot provisioning, GPU maintenance, and deletion when max_duration runs out.
 
-    A GCP VM that powers itself off is only stopped (its disk still bills), so the power-off
-    backstop of the user data is doubled by `max_run_duration`, which deletes the VM. The
-    timer counts running time only, so the node's backstop fires a little later
-    (`cloudinit.NATIVE_LIMIT_HEAD_START_SECONDS`). A preempted spot VM is deleted too,
-    rather than left stopped with its disk.
+    The node's backstop deletes the VM through the Compute API; should that be refused, the
+    VM would only power off and stop (its disk still bills). So the backstop is doubled by
+    `max_run_duration`, which deletes the VM. The timer counts running time only, so the
+    node's backstop fires a little later (`cloudinit.NATIVE_LIMIT_HEAD_START_SECONDS`). A
+    preempted spot VM is deleted too, rather than left stopped with its disk.
     """
     limit = run_limit_seconds(plan)
     deletes = plan.spot or limit is not None
@@ -272,12 +366,18 @@ def _tpu_vm(
     zone: str,
     network: pulumi.Input[str],
     subnetwork: pulumi.Input[str],
+    account: gcp.serviceaccount.Account,
 ) -> pulumi.Output[list[dict[str, object]]]:
     """One TPU VM for the whole slice; its hosts become the nodes, in the API's order.
 
-    Nothing here ends the slice's billing before `destroy` (see the module docstring).
+    Its hosts run as the run's service account, which may delete TPU nodes
+    (`_tpu_self_deletion`), and find their node's name in the `TPU_NODE_ATTRIBUTE` metadata.
     """
     assert plan.tpu is not None
+    # The account's project is the provider's when the plan names none.
+    node_name = account.project.apply(
+        lambda project: f"projects/{project}/locations/{zone}/nodes/{plan.run_name}"
+    )
     vm = gcp.tpu.V2Vm(
         plan.run_name,
         name=plan.run_name,
@@ -294,11 +394,14 @@ def _tpu_vm(
             "ssh-keys": f"{plan.ssh_user}:{plan.ssh_public_key}",
             # TPU VM images do not read `user-data`; they run a startup script on each boot.
             "startup-script": user_data(plan),
+            TPU_NODE_ATTRIBUTE: node_name,
         },
+        service_account=gcp.tpu.V2VmServiceAccountArgs(email=account.email, scopes=_SCOPES),
         tags=[_network_tag(plan)],
         labels=labels(plan.tags),
         project=plan.project,
     )
+    _tpu_self_deletion(plan, account=account)
     public = plan.network.public_ips
     ranks = [node.rank for node in plan.nodes]
     # `Output.all` would hand back the endpoints as plain dicts; nesting keeps their types.
@@ -306,6 +409,19 @@ def _tpu_vm(
         lambda vm_id: vm.network_endpoints.apply(
             lambda endpoints: _tpu_nodes(vm_id, endpoints or [], ranks=ranks, public=public)
         )
+    )
+
+
+def _tpu_self_deletion(
+    plan: ClusterPlan, *, account: gcp.serviceaccount.Account
+) -> gcp.projects.IAMMember:
+    """The run's service account may delete TPU nodes: all of the project's, as no narrower
+    grant exists (the module docstring says why and what it opens)."""
+    return gcp.projects.IAMMember(
+        f"{plan.run_name}-delete-self",
+        project=account.project,
+        role=_TPU_ROLE,
+        member=account.member,
     )
 
 
