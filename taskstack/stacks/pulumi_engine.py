@@ -76,6 +76,15 @@ _ROLE_ASSIGNMENT_HINT = (
     "itself when the apply is gone; give it `Role Based Access Control Administrator` (or "
     "`User Access Administrator`) on the subscription"
 )
+# GCP permissions the run's own service account and its grants need, and the role that has
+# each (a node deletes itself as that account when the apply is gone).
+_GCP_GRANTS_DENIED = {
+    "iam.serviceAccounts.create": "`Service Account Admin`",
+    "iam.serviceAccounts.actAs": "`Service Account User`",
+    "compute.instances.setIamPolicy": "`Compute Admin`",
+    "compute.disks.setIamPolicy": "`Compute Admin`",
+    "resourcemanager.projects.setIamPolicy": "`Project IAM Admin`",
+}
 # Types in the event stream that are Pulumi's own bookkeeping, not cloud resources.
 _INTERNAL_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:")
 
@@ -423,6 +432,13 @@ def _mapped_errors(run_name: str, operation: str) -> Iterator[None]:
             ) from exc
         if _ROLE_ASSIGNMENT_DENIED in text:
             raise StackError(f"run {run_name}: {_ROLE_ASSIGNMENT_HINT}") from exc
+        for permission, role in _GCP_GRANTS_DENIED.items():
+            if permission in text:
+                raise StackError(
+                    f"run {run_name}: the GCP principal lacks `{permission}`, which the run's "
+                    f"service account (each node deletes itself with it) needs; give it {role} "
+                    "on the project"
+                ) from exc
         reason = first_error_line(text, marker="error:")
         raise StackError(f"pulumi {operation} failed for run {run_name}: {reason}") from exc
     except FileNotFoundError as exc:

@@ -251,6 +251,19 @@ def test_list_stacks_finds_every_run_in_the_backend(engine: PulumiEngine) -> Non
             "run train: the Azure principal may not create role assignments.*give it "
             "`Role Based Access Control Administrator`",
         ),
+        (
+            "error: creating service account: googleapi: Error 403: Permission "
+            "'iam.serviceAccounts.create' denied on resource (or it may not exist)., forbidden",
+            StackError,
+            "run train: the GCP principal lacks `iam.serviceAccounts.create`.*give it "
+            "`Service Account Admin` on the project",
+        ),
+        (
+            'error: Error setting IAM policy for project "p": googleapi: Error 403: Policy '
+            "update access denied. Permission 'resourcemanager.projects.setIamPolicy' denied",
+            StackError,
+            "lacks `resourcemanager.projects.setIamPolicy`.*`Project IAM Admin`",
+        ),
     ],
 )
 def test_up_errors_are_mapped_where_they_enter(
