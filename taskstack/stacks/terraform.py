@@ -88,7 +88,7 @@ class TerraformEngine:
         workdir.mkdir(parents=True, exist_ok=True)
         document = tfjson.render(
             plan,
-            user_data=self._user_data(plan),
+            user_data=_template_literal(self._user_data(plan)),
             aws=self._settings.backends.aws,
             backend=self._backend_block(),
         )
@@ -390,6 +390,18 @@ def _default_user_data(plan: ClusterPlan) -> str | None:
         log.warning("taskstack.stacks.cloudinit.user_data is missing: nodes get no user data")
         return None
     return user_data(plan)
+
+
+def _template_literal(text: str | None) -> str | None:
+    """`text` as a Terraform string that means exactly `text`.
+
+    In JSON syntax every string is a template: `${` starts an interpolation and `%{` a
+    directive, so a first-boot script's `"${1:-}"` fails `terraform plan`. Doubling the
+    first character (`$${`, `%%{`) is Terraform's escape for the literal sequence.
+    """
+    if text is None:
+        return None
+    return text.replace("${", "$${").replace("%{", "%%{")
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:

@@ -228,3 +228,17 @@ def test_every_run_is_a_workspace_of_one_backend() -> None:
         "local": {"path": str(state / "default.tfstate"), "workspace_dir": str(state)}
     }
     assert s3 == {"s3": {"bucket": "tf", "key": "taskstack/terraform.tfstate"}}
+
+
+def test_the_first_boot_script_reaches_terraform_as_a_literal(
+    settings: Settings, fake_terraform: Path
+) -> None:
+    script = '#!/bin/sh\nmode="${1:-}"\necho "%{not a directive}" $${kept}\n'
+    engine = TerraformEngine(settings, user_data=lambda plan: script)
+
+    engine.preview(aws_plan("train", nodes=1))
+
+    document = (taskstack_home() / "terraform" / "runs" / "train" / "main.tf.json").read_text()
+    # In JSON syntax every string is a template: `$${` and `%%{` are the literal sequences.
+    assert json.dumps('mode="$${1:-}"')[1:-1] in document
+    assert json.dumps('echo "%%{not a directive}" $$${kept}')[1:-1] in document
