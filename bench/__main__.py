@@ -23,6 +23,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 def main(argv: list[str]) -> int:
     chosen = argv or MODULES
+    _compile_taskstack()
     rows: list[dict] = []
     problems: list[str] = []
     for name in chosen:
@@ -42,6 +43,19 @@ def main(argv: list[str]) -> int:
     RESULTS.write_text(_render(rows, problems))
     print(RESULTS.read_text())
     return 1 if problems and not rows else 0
+
+
+def _compile_taskstack() -> None:
+    """Write taskstack's bytecode, as `pip install` does for the SDKs it is compared with.
+
+    An editable install writes none when PYTHONDONTWRITEBYTECODE is set, and every run would
+    then compile taskstack's modules from source while the baselines load theirs compiled.
+    """
+    import compileall
+
+    import taskstack
+
+    compileall.compile_dir(Path(taskstack.__file__).parent, quiet=1)
 
 
 def _render(rows: list[dict], problems: list[str]) -> str:

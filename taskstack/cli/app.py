@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from taskstack.errors import TaskstackError
 from taskstack.home import logs_dir
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     name="dstack",
@@ -21,10 +23,39 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
-
 log = logging.getLogger("taskstack")
+
+# The module of each command, in the order `--help` lists them. A command line that names
+# one imports only that module: `dstack plan --json` does not pay for what `apply` imports.
+COMMAND_MODULES = {
+    "apply": "apply",
+    "config": "config",
+    "offer": "offer",
+    "plan": "plan",
+    "ps": "runs",
+    "logs": "runs",
+    "stop": "runs",
+    "destroy": "runs",
+    "validate": "validate",
+}
+
+# True while `main` runs a command: the process exits when the command returns.
+_ends_process = False
+
+
+def __getattr__(name: str) -> Console:
+    """`console` (stdout) and `err_console` (stderr), made on first use.
+
+    Importing rich's console takes some 30 ms and 1.5 MiB, and `plan --json` never prints
+    through it.
+    """
+    if name not in ("console", "err_console"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    made = Console(stderr=name == "err_console")
+    globals()[name] = made
+    return made
 
 
 @app.callback()
@@ -36,31 +67,70 @@ def _root(
 
 def main() -> None:
     """Entry point of the `dstack` and `taskstack` scripts."""
-    # Commands register themselves on `app` when their modules are imported.
-    from taskstack.cli import apply, config, offer, plan, runs, validate  # noqa: F401
+    global _ends_process
+    register_commands(sys.argv[1:])
 
+    _ends_process = True
+    try:
+        code = _run()
+    finally:
+        _ends_process = False
+    sys.exit(code)
+
+
+def command_ends_process() -> bool:
+    """Whether the running command is the last thing its process does.
+
+    True under `main`, the `dstack` program, which exits when the command returns; False
+    for a command invoked in-process (`CliRunner`, a host program), whose process goes on.
+    """
+    return _ends_process
+
+
+def register_commands(args: list[str]) -> None:
+    """Import the module of the command `args` name, or of every command.
+
+    Commands register themselves on `app` when their modules are imported. Every module
+    is imported for `--help`, no command, or a name that is no command (so the error can
+    list the commands). The root takes flags only, so its first other word is the command.
+    """
+    name = next((arg for arg in args if not arg.startswith("-")), None)
+    chosen = [COMMAND_MODULES[name]] if name in COMMAND_MODULES else COMMAND_MODULES.values()
+    for module in dict.fromkeys(chosen):
+        importlib.import_module(f"taskstack.cli.{module}")
+
+
+def _run() -> int:
+    """Run the command line; the exit code, after our errors are printed as one line."""
     try:
         # Without standalone mode click hands back `typer.Exit`'s code instead of exiting.
         code = app(standalone_mode=False)
     except TaskstackError as exc:
+        from rich.markup import escape
+
         log.debug("command failed", exc_info=True)
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _stderr().print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]")
-        sys.exit(130)
+        _stderr().print("[yellow]interrupted[/yellow]")
+        return 130
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except typer.Abort:
-        err_console.print("[yellow]aborted[/yellow]")
-        sys.exit(130)
+        _stderr().print("[yellow]aborted[/yellow]")
+        return 130
     except typer.TyperException as exc:
         # Usage errors (an unknown command or option): typer's own one-line message.
         show = getattr(exc, "show", None)
         if show is not None:
             show()
-        sys.exit(getattr(exc, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
+        return getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) else 0
+
+
+def _stderr() -> Console:
+    # Through the module, so that its `__getattr__` makes the console on first use.
+    return sys.modules[__name__].err_console
 
 
 def _setup_logging(*, verbose: bool) -> None:

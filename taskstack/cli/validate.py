@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskstack.cli.app import app, console
+from taskstack.cli.app import app
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -31,6 +31,8 @@ def validate(
     if as_json:
         typer.echo(json.dumps(normalized_json(task), indent=2))
         return
+    from taskstack.cli.app import console
+
     console.print(_summary(task, source=file))
 
 

@@ -9,14 +9,17 @@ Where the offers come from, in this order:
    wait on the network each time. A download that takes longer than a few seconds is given up.
 4. When the download fails: the last downloaded copy, or else the packaged catalog.
 
-Rows are parsed with gpuhunt's own `item_from_row`, then turned into plain `Offer`s that the
-matching (`offers.py`) and the plan compiler read.
+Rows are read by the rules of gpuhunt's v2 loader (`item_from_row`: required and optional
+columns, vendor and CPU defaults, the `tpu-` prefix of older files) straight into plain
+`Offer`s that the matching (`offers.py`) and the plan compiler read. gpuhunt itself, with the
+HTTP stack it imports, is loaded only to find its bucket for a download.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import re
@@ -24,20 +27,16 @@ import threading
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskstack.errors import ConfigError
 from taskstack.home import ensure_home, taskstack_home
-
-if TYPE_CHECKING:
-    from gpuhunt import CatalogItem
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +155,9 @@ def load_catalog(*, offline: bool | None = None) -> Catalog:
 
 def load_packaged() -> Catalog:
     """The catalog that ships inside the package (`compiler/data/offers.csv`)."""
-    text = resources.files("taskstack.compiler").joinpath("data/offers.csv").read_text("utf-8")
+    # Read beside this module rather than through `importlib.resources`, whose readers cost
+    # a short command more to import than the file takes to read; taskstack is never zipped.
+    text = (Path(__file__).parent / "data" / "offers.csv").read_text("utf-8")
     created = datetime(PACKAGED_DATE.year, PACKAGED_DATE.month, PACKAGED_DATE.day, tzinfo=UTC)
     source = CatalogSource(kind="packaged", location="taskstack/compiler/data", created_at=created)
     return Catalog(offers=tuple(_offers_from_csv(text)), source=source)
@@ -329,50 +330,134 @@ def _write_cache(folder: Path, *, files: dict[str, str]) -> None:
 
 def _offers_from_csv(text: str, *, provider: str | None = None) -> Iterator[Offer]:
     """Offers of one CSV; `provider` names the cloud when the file has no provider column."""
-    from gpuhunt._internal.storage import item_from_row
-
     for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         backend = provider or row.get("provider") or ""
         if backend not in CLOUDS:
             continue
         try:
-            item = item_from_row(row, provider=backend)
-        except (ValueError, KeyError) as exc:
+            offer = _offer_from_row(row, backend=backend)
+        except ValueError as exc:
             # gpuhunt's own loader skips malformed rows the same way.
             log.warning("skipping catalog row %s (%s): %s", line, backend, exc)
             continue
-        yield _offer_from_item(item)
+        yield offer
 
 
-def _offer_from_item(item: CatalogItem) -> Offer:
-    data = item.provider_data or {}
-    vendor = item.gpu_vendor.value if item.gpu_vendor else None
-    region, zones = _region_and_zones(item.provider, item.location, data)
-    fixed_disk = item.disk_size is not None
+def _offer_from_row(row: dict[str, str | None], *, backend: str) -> Offer:
+    """One row of a gpuhunt v2 file as an offer, read as gpuhunt's `item_from_row` reads it.
 
-    # gpuhunt's loader has already typed every value (ints, floats, bools), so the offer is
-    # built without a second validation: it is a third of the load time of a catalog.
+    Every column is read, in gpuhunt's order, before the offer is built, so a row that
+    gpuhunt skips is skipped here too.
+
+    Raises:
+        ValueError: a required column is missing or empty, or a value cannot be read.
+    """
+    gpu_count, gpu_name, vendor = _gpu_columns(row)
+    cpu_arch = _optional(row, "cpu_arch", _cpu_arch) or "x86"
+    instance_type = _required(row, "instance_name", str)
+    location = _required(row, "location", str)
+    price = _required(row, "price", float)
+    cpu = _required(row, "cpu", int)
+    memory_gb = _required(row, "memory", float)
+    gpu_memory_gb = _optional(row, "gpu_memory", float)
+    spot = _required(row, "spot", _boolean)
+    disk_size = _optional(row, "disk_size", float)
+    flags = tuple((row.get("flags") or "").split())
+    data = _read("provider_data", row.get("provider_data") or "{}", _json_object)
+
+    region, zones = _region_and_zones(backend, location, data)
+    with_gpu = bool(gpu_count)
+    # Every value is typed already, so the offer is built without a second validation: it
+    # would be a third of the load time of a catalog.
     return Offer.model_construct(
-        backend=item.provider,
+        backend=backend,
         region=region,
-        instance_type=item.instance_name,
-        price=item.price,
-        spot=item.spot,
-        cpu=item.cpu,
-        cpu_arch=item.cpu_arch.value,
-        memory_gb=item.memory,
-        disk_gb=round(item.disk_size) if item.disk_size is not None else DEFAULT_DISK_GB,
-        disk_fixed=fixed_disk,
-        gpu_vendor=vendor if item.gpu_count else None,
-        gpu_name=item.gpu_name if item.gpu_count else None,
-        gpu_count=item.gpu_count,
-        gpu_memory_gb=item.gpu_memory if item.gpu_count else None,
-        efa_interfaces=_efa_interfaces(item.flags, data),
-        tpu=_tpu_slice(item.gpu_name, data) if vendor == "google" else None,
+        instance_type=instance_type,
+        price=price,
+        spot=spot,
+        cpu=cpu,
+        cpu_arch=cpu_arch,
+        memory_gb=memory_gb,
+        disk_gb=round(disk_size) if disk_size is not None else DEFAULT_DISK_GB,
+        disk_fixed=disk_size is not None,
+        gpu_vendor=vendor if with_gpu else None,
+        gpu_name=gpu_name if with_gpu else None,
+        gpu_count=gpu_count,
+        gpu_memory_gb=gpu_memory_gb if with_gpu else None,
+        efa_interfaces=_efa_interfaces(flags, data),
+        tpu=_tpu_slice(gpu_name, data) if vendor == "google" else None,
         zones=zones,
-        flags=tuple(item.flags),
+        flags=flags,
         provider_data=data,
     )
+
+
+def _gpu_columns(row: dict[str, str | None]) -> tuple[int, str | None, str | None]:
+    """GPU count, name and vendor of a row, with gpuhunt's reading of older files."""
+    count = _required(row, "gpu_count", int)
+    name = _optional(row, "gpu_name", str)
+    vendor = _optional(row, "gpu_vendor", _vendor)
+    # Files from before the `gpu_vendor` column write a TPU as `tpu-<slice>` and mean
+    # NVIDIA by any other GPU; gpuhunt still reads them so.
+    if name and name.startswith("tpu-"):
+        return count, name[4:], vendor or "google"
+    if vendor is None and count:
+        return count, name, "nvidia"
+    return count, name, vendor
+
+
+_T = TypeVar("_T")
+
+# gpuhunt's `AcceleratorVendor` and `CPUArchitecture` values; a file's spelling is lowercased.
+_VENDORS = frozenset({"nvidia", "amd", "google", "intel", "tenstorrent"})
+_CPU_ARCHS = frozenset({"x86", "arm"})
+
+
+def _required(row: dict[str, str | None], column: str, read: Callable[[str], _T]) -> _T:
+    value = row.get(column)
+    if value is None:
+        raise ValueError(f"Required field {column!r} is missing")
+    if value == "":
+        raise ValueError(f"Required field {column!r} is empty")
+    return _read(column, value, read)
+
+
+def _optional(row: dict[str, str | None], column: str, read: Callable[[str], _T]) -> _T | None:
+    value = row.get(column)
+    return _read(column, value, read) if value else None
+
+
+def _read(column: str, value: str, read: Callable[[str], _T]) -> _T:
+    try:
+        return read(value)
+    except ValueError as exc:
+        raise ValueError(f"Cannot parse field {column!r}: {exc}") from exc
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"Not a boolean: {text!r}")
+    return text.lower() == "true"
+
+
+def _vendor(text: str) -> str:
+    if text.lower() not in _VENDORS:
+        raise ValueError(f"{text.lower()!r} is not a valid AcceleratorVendor")
+    return text.lower()
+
+
+def _cpu_arch(text: str) -> str:
+    if text.lower() not in _CPU_ARCHS:
+        raise ValueError(f"{text.lower()!r} is not a valid CPUArchitecture")
+    return text.lower()
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        # gpuhunt takes any JSON here; an offer's extra data must be an object to be read.
+        raise ValueError(f"{type(data).__name__} is not a JSON object")
+    return data
 
 
 _GCP_ZONE = re.compile(r"^([a-z]+-[a-z]+\d+)-[a-z]$")

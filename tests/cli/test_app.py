@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import typer.main
+
+from taskstack.cli.app import COMMAND_MODULES, app, register_commands
 
 DSTACK = Path(sys.executable).with_name("dstack")
 
@@ -51,3 +55,23 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     assert done.returncode == 0
     for command in ("apply", "plan", "offer", "validate", "ps", "logs", "stop", "destroy"):
         assert command in done.stdout
+
+
+def test_each_command_is_registered_by_the_module_a_command_line_imports_for_it() -> None:
+    register_commands([])
+
+    registered = {
+        typer.main.get_command_name(info.callback.__name__): info.callback.__module__
+        for info in app.registered_commands
+        if info.callback is not None
+    }
+    for group in app.registered_groups:
+        registered[group.name] = next(
+            f"taskstack.cli.{module}"
+            for module in COMMAND_MODULES.values()
+            if group.typer_instance
+            in vars(importlib.import_module(f"taskstack.cli.{module}")).values()
+        )
+
+    assert registered == {name: f"taskstack.cli.{m}" for name, m in COMMAND_MODULES.items()}
+    assert set(typer.main.get_command(app).commands) == set(COMMAND_MODULES)

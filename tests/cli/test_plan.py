@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -170,3 +171,43 @@ def test_a_missing_sdk_is_one_line_naming_the_extra(
     assert done.stderr.startswith(f"error: the {label} preview needs the Pulumi SDK"), done.stderr
     assert f"pip install 'taskstack[{backend}]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_program_loads_only_what_json_needs_and_freezes_what_it_built(
+    task_file: Path,
+) -> None:
+    # A fresh `dstack` process that, as it exits, says which of the heavy or unneeded
+    # modules it loaded and whether the collector was left to walk the preview's objects.
+    script = (
+        "import atexit, gc, json, sys\n"
+        "def report():\n"
+        "    heavy = ('rich', 'gpuhunt', 'requests')\n"
+        "    loaded = [m for m in sys.modules if m.split('.')[0] in heavy or m.startswith("
+        "'taskstack.cli.')]\n"
+        "    print(json.dumps({'loaded': sorted(loaded), 'frozen': gc.get_freeze_count()}),"
+        " file=sys.stderr)\n"
+        "atexit.register(report)\n"
+        f"sys.argv = ['dstack', 'plan', '-f', {str(task_file)!r}, '-b', 'aws', '--json']\n"
+        "from taskstack.cli.main import main\n"
+        "main()\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["preview"]["counts"]["aws:ec2/instance:Instance"] == 2
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report["loaded"] == ["taskstack.cli.app", "taskstack.cli.main", "taskstack.cli.plan"]
+    assert report["frozen"] > 0
+
+
+def test_run_in_process_the_command_leaves_the_collector_alone(task_file: Path) -> None:
+    frozen = gc.get_freeze_count()
+
+    result = runner.invoke(app, ["plan", "-f", str(task_file), "-b", "aws", "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert gc.get_freeze_count() == frozen
+    assert gc.isenabled()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -167,6 +170,102 @@ def test_malformed_rows_are_skipped(tmp_path: Path) -> None:
     assert [o.region for o in loaded.offers] == ["us-west-2"]
 
 
+# Rows of the packaged file with one column changed: gpuhunt's reading rules at their edges.
+EDGE_ROWS = [
+    {},
+    {"price": "not-a-price"},
+    {"price": ""},
+    {"cpu": "4.0"},
+    {"cpu": " 8 "},
+    {"memory": "nan"},
+    {"spot": "TRUE"},
+    {"spot": "yes"},
+    {"gpu_vendor": "NVIDIA"},
+    {"gpu_vendor": "bogus"},
+    {"gpu_vendor": ""},
+    {"gpu_vendor": "", "gpu_count": "0"},
+    {"gpu_vendor": "", "gpu_name": "tpu-v5p-8"},
+    {"gpu_vendor": "amd", "gpu_name": "tpu-v5p-8"},
+    {"gpu_vendor": "google", "gpu_name": "v5litepod-8", "location": "us-west4-a"},
+    {"gpu_count": "0", "gpu_memory": "lots"},
+    {"gpu_count": "2.5"},
+    {"cpu_arch": "ARM"},
+    {"cpu_arch": ""},
+    {"cpu_arch": "riscv"},
+    {"disk_size": "50.4"},
+    {"disk_size": "big"},
+    {"flags": " efa  other "},
+    {"flags": "efa", "provider_data": '{"efa_interfaces": 3}'},
+    {"provider_data": ""},
+    {"provider_data": "{broken"},
+    {"location": "us-central1-b", "provider_data": '{"zones": ["us-central1-b"]}'},
+]
+
+
+@pytest.mark.parametrize("changes", EDGE_ROWS, ids=lambda changes: repr(changes))
+def test_rows_are_read_as_gpuhunt_reads_them(changes: dict[str, str]) -> None:
+    from gpuhunt._internal.storage import item_from_row
+
+    header, first = list(csv.reader(PACKAGED_CSV.read_text(encoding="utf-8").splitlines()))[:2]
+    row = {**dict(zip(header, first, strict=True)), **changes}
+    backend = "gcp" if "us-central1" in row["location"] or "us-west4" in row["location"] else "aws"
+    try:
+        item = item_from_row(row, provider=backend)
+    except ValueError:
+        item = None
+
+    offers = list(catalog_module._offers_from_csv(_csv_text([{**row, "provider": backend}])))
+
+    if item is None:
+        assert offers == []
+        return
+    (offer,) = offers
+    with_gpu = bool(item.gpu_count)
+    assert offer.backend == item.provider
+    assert offer.instance_type == item.instance_name
+    assert (offer.region, *offer.zones) == (
+        (item.location[:-2], item.location) if backend == "gcp" else (item.location,)
+    )
+    assert repr((offer.price, offer.cpu, offer.memory_gb, offer.spot)) == repr(
+        (item.price, item.cpu, item.memory, item.spot)
+    )
+    assert offer.cpu_arch == item.cpu_arch.value
+    assert offer.gpu_count == item.gpu_count
+    assert offer.gpu_name == (item.gpu_name if with_gpu else None)
+    assert offer.gpu_vendor == (item.gpu_vendor.value if with_gpu else None)
+    assert offer.gpu_memory_gb == (item.gpu_memory if with_gpu else None)
+    assert offer.disk_fixed == (item.disk_size is not None)
+    assert offer.flags == tuple(item.flags)
+    assert offer.provider_data == item.provider_data
+
+
+def test_a_row_whose_provider_data_is_not_an_object_is_skipped() -> None:
+    header, first = list(csv.reader(PACKAGED_CSV.read_text(encoding="utf-8").splitlines()))[:2]
+    row = dict(zip(header, first, strict=True))
+
+    offers = list(catalog_module._offers_from_csv(_csv_text([{**row, "provider_data": "[1]"}])))
+
+    assert offers == []
+
+
+def test_the_packaged_catalog_is_read_without_importing_gpuhunt() -> None:
+    # A fresh interpreter: gpuhunt is imported in this one.
+    script = (
+        "import json, sys\n"
+        "from taskstack.compiler.catalog import load_packaged\n"
+        "offers = load_packaged().offers\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'gpuhunt', 'requests'})\n"
+        "print(json.dumps([len(offers), heavy]))\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [len(load_packaged().offers), []]
+
+
 # --- The online catalog, served on loopback in gpuhunt's layout -------------------------------
 
 
@@ -327,6 +426,14 @@ def _write_gpuhunt_files(folder: Path) -> None:
             writer.writerow(header)
             for item in items:
                 writer.writerow([*item, "", "nvidia", "", "x86", "{}"])
+
+
+def _csv_text(rows: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _zipped(path: Path) -> bytes:
