@@ -1,5 +1,6 @@
 """The cloud in a box, shared by the e2e tests: settings pointed at moto, and what a test
-checks afterwards (live instances in moto, the run's processes on a test host, a free port).
+checks afterwards (live instances and what is left of a run's stack in moto, the run's
+processes on a test host, a free port).
 
 `aws_in_moto` configures a CI job against the session's moto server through environment
 variables: AWS through Terraform, the stacks' network inside the test subnet, nodes reached
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from taskstack.compiler.plan import RUN_TAG
 from tests.testbed.catalogs import cpu_catalog
 from tests.testbed.hosts import TestHost
 from tests.testbed.moto import MotoServer, aws_environ
@@ -52,6 +54,30 @@ def live_instances(moto: MotoServer) -> list[str]:
     return [i["InstanceId"] for r in reservations for i in r["Instances"]]
 
 
+def run_resources(moto: MotoServer, run_name: str) -> list[str]:
+    """What moto still holds of run `run_name`'s stack: its VPC, subnet, internet gateway and
+    security group (found by the run's tag), its key pair (by name), and instances tagged
+    with the run that are not terminated."""
+    ec2 = moto.client("ec2")
+    key_name = f"taskstack-{run_name}"
+    pairs = ec2.describe_key_pairs()["KeyPairs"]
+    found = [f"key pair {key_name}" for pair in pairs if pair["KeyName"] == key_name]
+    tagged = [
+        ("vpc", ec2.describe_vpcs()["Vpcs"], "VpcId"),
+        ("subnet", ec2.describe_subnets()["Subnets"], "SubnetId"),
+        ("gateway", ec2.describe_internet_gateways()["InternetGateways"], "InternetGatewayId"),
+        ("security group", ec2.describe_security_groups()["SecurityGroups"], "GroupId"),
+    ]
+    for kind, items, id_key in tagged:
+        found += [f"{kind} {item[id_key]}" for item in items if _run_tag(item) == run_name]
+    reservations = ec2.describe_instances()["Reservations"]
+    for instance in (i for r in reservations for i in r["Instances"]):
+        state = instance["State"]["Name"]
+        if _run_tag(instance) == run_name and state != "terminated":
+            found.append(f"instance {instance['InstanceId']} ({state})")
+    return found
+
+
 def run_processes(host: TestHost, run_name: str) -> list[str]:
     """Processes on the host that belong to the run (attached clients, log followers)."""
     found = []
@@ -63,6 +89,11 @@ def run_processes(host: TestHost, run_name: str) -> list[str]:
         if run_name in command or "tail " in command or "docker start" in command:
             found.append(f"{pid}: {command}")
     return found
+
+
+def _run_tag(item: dict) -> str | None:
+    tags = {tag["Key"]: tag["Value"] for tag in item.get("Tags", [])}
+    return tags.get(RUN_TAG)
 
 
 def assert_port_free(port: int) -> None:
