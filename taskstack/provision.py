@@ -70,7 +70,8 @@ class CloudProvisioner:
         engine_name: `pulumi` or `terraform`; None takes the settings' engine.
         image: boot this image (and log in as its user) instead of the looked-up one.
         lost_after_seconds: how long a running node may stay unreachable over SSH before
-            it counts as lost (`NodeLostError`, the `interruption` of `retry`).
+            it counts as lost (`NodeLostError`, the `interruption` of `retry`); by default
+            the settings' `nodes.lost_after`.
     """
 
     def __init__(
@@ -84,14 +85,13 @@ class CloudProvisioner:
         lost_after_seconds: float | None = None,
     ) -> None:
         from taskstack.runtime import heartbeat
-        from taskstack.runtime.remote import LOST_AFTER_SECONDS
         from taskstack.stacks import engine as engines
 
         self.backend = backend
         self.settings = settings
         self.engine = engine or engines.engine_for(settings, engine_name)
         self.image = image
-        self.lost_after_seconds = lost_after_seconds or LOST_AFTER_SECONDS
+        self.lost_after_seconds = lost_after_seconds or settings.nodes.lost_after
         self._cluster: ClusterPlan | None = None
         self._pool: SSHPool | None = None
         self._engine_busy: asyncio.Future[Any] | None = None
@@ -140,6 +140,7 @@ class CloudProvisioner:
             network=self.settings.network_plan(self.backend),
             image=self.image.image_id if self.image else None,
             project=self._gcp_project(),
+            heartbeat_grace=self.settings.nodes.heartbeat_grace,
         )
         if self.image is not None:
             cluster = cluster.model_copy(update={"ssh_user": self.image.ssh_user})

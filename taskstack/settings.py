@@ -18,6 +18,10 @@ at all:
     TASKSTACK_AWS_IMAGE, TASKSTACK_AWS_SSH_USER
     GOOGLE_CLOUD_PROJECT, GOOGLE_APPLICATION_CREDENTIALS
     AZURE_SUBSCRIPTION_ID
+    TASKSTACK_NODE_LOST_AFTER   seconds a running cloud node may stay unreachable over SSH
+                                before it counts as lost (retry's `interruption`)
+    TASKSTACK_HEARTBEAT_GRACE   seconds without `dstack apply`'s heartbeat before a cloud
+                                node ends itself (the dead man's switch)
 
 An environment variable fills a value of a backend that is in use; it never turns a backend
 on by itself (an `AWS_PROFILE` left in a shell must not send runs to AWS). Secrets are
@@ -129,12 +133,29 @@ class StateSettings(_Settings):
     terraform: TerraformStateSettings = TerraformStateSettings()
 
 
+class NodesSettings(_Settings):
+    """How `dstack apply` watches a run's cloud nodes, and they watch it."""
+
+    lost_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a running node may stay unreachable over SSH before it is lost",
+    )
+    heartbeat_grace: int = Field(
+        default=600,
+        ge=120,
+        description="Seconds without a heartbeat before a node ends itself; the apply beats "
+        "every 30 s, so less than 120 would end nodes that a slow network only delayed",
+    )
+
+
 class Settings(_Settings):
     """Everything `config.yml` holds, after environment overrides."""
 
     engine: EngineName = "pulumi"
     backends: BackendsSettings = BackendsSettings()
     state: StateSettings = StateSettings()
+    nodes: NodesSettings = NodesSettings()
 
     def backends_in_use(self) -> list[str]:
         """Clouds configured, in a fixed order; `["local"]` when none is."""
@@ -284,6 +305,8 @@ def _apply_environment(
     _set_if(data, ("engine",), environ.get("TASKSTACK_ENGINE"))
     _enable_backends(data, environ.get("TASKSTACK_BACKENDS"))
     _state_from_env(data, environ=environ)
+    _set_if(data, ("nodes", "lost_after"), environ.get("TASKSTACK_NODE_LOST_AFTER"))
+    _set_if(data, ("nodes", "heartbeat_grace"), environ.get("TASKSTACK_HEARTBEAT_GRACE"))
 
     backends = data.get("backends") or {}
     for name in ("aws", "gcp", "azure"):
@@ -439,6 +462,11 @@ def check_settings(path: Path | None = None) -> list[CheckEntry]:
                 key="azure.subscription_id", value=azure.subscription_id or "", missing=missing
             )
         )
+    nodes = settings.nodes
+    entries += [
+        CheckEntry(key="nodes.lost_after", value=f"{nodes.lost_after:g} s"),
+        CheckEntry(key="nodes.heartbeat_grace", value=f"{nodes.heartbeat_grace} s"),
+    ]
     return entries + _state_entries(settings)
 
 

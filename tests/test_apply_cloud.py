@@ -245,3 +245,18 @@ def test_a_large_working_directory_reports_its_upload_to_every_node(
     lines = {e.text.strip() for e in events if isinstance(e, LogLine)}
     assert lines == {str(9 << 20)}
     _nothing_left(engine)
+
+
+def test_the_nodes_settings_reach_the_provisioner_and_the_stack(
+    aws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKSTACK_NODE_LOST_AFTER", "7")
+    monkeypatch.setenv("TASKSTACK_HEARTBEAT_GRACE", "900")
+    engine = FakeEngine()
+    provisioner = _provisioner(engine)
+
+    provisioner.preview(_plan(aws, ["true"], nodes=1))
+
+    assert provisioner.lost_after_seconds == 7
+    assert engine._load("lifecycle")["plan"]["heartbeat_grace"] == 900
+    engine.destroy("lifecycle")

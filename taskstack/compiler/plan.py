@@ -127,6 +127,7 @@ def build_plan(
     network: NetworkPlan | None = None,
     image: str | None = None,
     project: str | None = None,
+    heartbeat_grace: int = DEFAULT_HEARTBEAT_GRACE,
 ) -> ClusterPlan:
     """Freeze a task and its chosen offer into the plan every engine renders.
 
@@ -167,6 +168,7 @@ def build_plan(
         ssh_public_key=ssh_public_key.strip(),
         network=network or NetworkPlan(),
         tags={**(getattr(task, "tags", None) or {}), RUN_TAG: run_name},
+        heartbeat_grace=heartbeat_grace,
         max_duration=_max_duration(task),
     )
 

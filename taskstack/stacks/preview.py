@@ -160,7 +160,7 @@ def preview_task(
     offer = _cheapest_offer(task, backend=backend)
     name = run_name or task.name or _name_from_path(path)
 
-    network, project = _backend_settings(offer.backend)
+    network, project, grace = _backend_settings(offer.backend)
     plan = build_plan(
         task,
         offer,
@@ -168,6 +168,7 @@ def preview_task(
         ssh_public_key=PREVIEW_SSH_KEY,
         network=network,
         project=project,
+        heartbeat_grace=grace,
     )
     offer_data = offer.model_dump(mode="json", exclude={"provider_data", "configured"})
     return TaskPreview(offer=offer_data, plan=plan, preview=preview(plan))
@@ -372,14 +373,15 @@ def _cheapest_offer(task: Any, *, backend: str | None) -> Any:
     )
 
 
-def _backend_settings(backend: str) -> tuple[NetworkPlan | None, str | None]:
-    """The network a run of `backend` uses and its GCP project, from the settings if any."""
+def _backend_settings(backend: str) -> tuple[NetworkPlan | None, str | None, int]:
+    """The network a run of `backend` uses, its GCP project and the nodes' heartbeat grace,
+    from the settings if any."""
     from taskstack.settings import load_settings
 
     settings = load_settings()
     gcp = settings.backends.gcp
     project = gcp.project if backend == "gcp" and gcp is not None else None
-    return settings.network_plan(backend), project
+    return settings.network_plan(backend), project, settings.nodes.heartbeat_grace
 
 
 def _name_from_path(path: Path) -> str:

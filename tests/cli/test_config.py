@@ -58,6 +58,7 @@ def test_complete_settings_are_shown_with_secrets_masked() -> None:
     assert result.exit_code == 0, result.output
     assert "AKIA****" in result.output
     assert "us-east-1" in result.output and "s3://state/taskstack" in result.output
+    assert "nodes.heartbeat_grace" in result.output and "600 s" in result.output
     assert "settings complete" in result.output
     assert "wJalrXUtnFEMI" not in result.output
     assert "AKIAEXAMPLE12345" not in result.output

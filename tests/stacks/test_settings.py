@@ -219,3 +219,47 @@ def test_the_network_plan_comes_from_the_aws_settings_only(tmp_path: Path) -> No
         False,
     )
     assert settings.network_plan("gcp") is None
+
+
+def test_how_nodes_are_watched_comes_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = _write(tmp_path, "nodes:\n  lost_after: 20\n  heartbeat_grace: 900\n")
+
+    from_file = load_settings(path=path, environ={}).nodes
+    overridden = load_settings(path=path, environ={"TASKSTACK_HEARTBEAT_GRACE": "300"}).nodes
+    defaults = load_settings(path=tmp_path / "absent.yml", environ={}).nodes
+
+    assert (from_file.lost_after, from_file.heartbeat_grace) == (20.0, 900)
+    assert (overridden.lost_after, overridden.heartbeat_grace) == (20.0, 300)
+    assert (defaults.lost_after, defaults.heartbeat_grace) == (60.0, 600)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"TASKSTACK_HEARTBEAT_GRACE": "30"}, r"`nodes.heartbeat_grace`: .*120"),
+        ({"TASKSTACK_NODE_LOST_AFTER": "soon"}, r"`nodes.lost_after`: .*number"),
+    ],
+)
+def test_a_grace_the_heartbeat_cannot_keep_is_refused(
+    tmp_path: Path, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(path=tmp_path / "absent.yml", environ=environ)
+
+    assert "\n" not in str(caught.value)
+
+
+def test_the_settings_grace_reaches_the_plan_and_the_nodes_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskstack.stacks.cloudinit import user_data
+    from taskstack.stacks.preview import preview_task
+
+    monkeypatch.setenv("TASKSTACK_HEARTBEAT_GRACE", "900")
+    task = tmp_path / "task.dstack.yml"
+    task.write_text("type: task\nname: graced\ncommands: [nvidia-smi]\nresources: {gpu: T4}\n")
+
+    plan = preview_task(task, backend="aws").plan
+
+    assert plan.heartbeat_grace == 900
+    assert "-gt 900" in user_data(plan)
