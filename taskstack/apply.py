@@ -420,17 +420,32 @@ def job_spec(task: Any, *, run_name: str, repo_id: str, offer: Any) -> JobSpec:
         gpus_per_node=gpus,
         gpu_vendor=getattr(offer, "gpu_vendor", None) if gpus else None,
         privileged=bool(getattr(task, "privileged", False)),
-        ports=tuple(
-            # `*:C` (no local port) takes the container's own number on this machine.
-            PortMapping(
-                local_port=port.local_port or port.container_port,
-                container_port=port.container_port,
-            )
-            for port in task.ports or ()
-        ),
+        ports=_port_mappings(task.ports or ()),
         repo_id=repo_id,
         max_duration=task.max_duration,
     )
+
+
+def _port_mappings(ports: Sequence[Any]) -> tuple[PortMapping, ...]:
+    """The task's ports as forwards from this machine; the same mapping twice is one.
+
+    Raises:
+        ConfigError: two container ports would be forwarded from one local port.
+    """
+    mappings: dict[int, PortMapping] = {}
+    for port in ports:
+        # `*:C` (no local port) takes the container's own number on this machine.
+        mapping = PortMapping(
+            local_port=port.local_port or port.container_port, container_port=port.container_port
+        )
+        taken = mappings.setdefault(mapping.local_port, mapping)
+        if taken != mapping:
+            raise ConfigError(
+                f"`ports`: local port {mapping.local_port} is given to container ports "
+                f"{taken.container_port} and {mapping.container_port}; give each its own "
+                f"local port (e.g. '{mapping.local_port + 1}:{mapping.container_port}')"
+            )
+    return tuple(mappings.values())
 
 
 def generate_name() -> str:

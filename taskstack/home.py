@@ -15,7 +15,9 @@ def taskstack_home() -> Path:
     """
     override = os.environ.get("TASKSTACK_HOME")
     home = Path(override).expanduser() if override else Path.home() / ".taskstack"
-    return home
+    # Absolute: nodes get paths below it (their hostfile, the run's virtualenv) and work in
+    # other folders.
+    return home.absolute()
 
 
 def ensure_home(*parts: str) -> Path:

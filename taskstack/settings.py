@@ -229,7 +229,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     path = path or config_path()
     environ = os.environ if environ is None else environ
 
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    text = _read_settings_file(path)
     raw, lines = _parse_yaml(text, path=path)
     merged = _apply_environment(raw, environ=environ, path=path)
 
@@ -245,6 +245,23 @@ def backends_in_use() -> list[str]:
 
 
 # --- YAML with line numbers ----------------------------------------------------------------
+
+
+def _read_settings_file(path: Path) -> str:
+    """The settings file's text; "" when there is none."""
+    if not path.exists():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file; write the settings as YAML there, or remove it"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot be read ({exc.strerror or exc}); make it a readable YAML file, "
+            "or remove it"
+        ) from exc
 
 
 def _parse_yaml(text: str, *, path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:

@@ -245,3 +245,49 @@ def test_a_second_apply_of_a_running_name_is_refused_and_touches_nothing(
     ]
     assert after == before
     assert marked != []  # the first run's processes were left alone
+
+
+def test_one_local_port_for_two_container_ports_is_refused(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nports: ['9002:8768', '9002:8769']\ncommands: [echo hi]\n")
+
+    with pytest.raises(ConfigError, match=r"^`ports`: local port 9002 is given to container"):
+        apply.plan_run(path, cwd=tmp_path)
+
+    assert _nothing_started()
+
+
+def test_the_same_port_twice_is_forwarded_once(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nports: [18765, 18765]\ncommands: [echo hi]\n")
+
+    plan = apply.plan_run(path, cwd=tmp_path)
+
+    assert [(p.local_port, p.container_port) for p in plan.spec.ports] == [(18765, 18765)]
+
+
+def test_a_task_path_without_bash_still_runs_its_commands(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nenv: [PATH=/nonexistent]\ncommands: ['echo $PATH']\n")
+
+    events: list[object] = []
+    result = apply.execute_run(apply.plan_run(path, cwd=tmp_path), on_event=events.append)
+
+    assert result.status == "done"
+    (line,) = [e.text for e in events if isinstance(e, LogLine)]
+    assert line.endswith("/venv/bin:/nonexistent")  # the run's virtualenv, then the task's
+
+
+def test_a_relative_state_folder_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskstack.home import taskstack_home
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TASKSTACK_HOME", "relhome")
+    path = _task(tmp_path, "type: task\nnodes: 2\ncommands: ['cat $DSTACK_MPI_HOSTFILE']\n")
+
+    events: list[object] = []
+    result = apply.execute_run(apply.plan_run(path, cwd=tmp_path), on_event=events.append)
+
+    assert taskstack_home() == tmp_path / "relhome"
+    assert result.status == "done"
+    lines = [e.text for e in events if isinstance(e, LogLine)]
+    assert lines == ["127.0.0.1 slots=1"] * 4  # each node reads the hostfile of both

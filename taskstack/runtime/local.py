@@ -211,7 +211,8 @@ def _argv(spec: JobSpec) -> list[str]:
         return [*shlex.split(spec.entrypoint), *spec.commands]
     if not spec.commands:
         raise RunError("the task has no `commands` to run on the local backend")
-    return ["bash", "-c", shell_command(spec.commands)]
+    # Found on taskstack's own PATH: the task's `env` may set a PATH without it.
+    return [shutil.which("bash") or "/bin/bash", "-c", shell_command(spec.commands)]
 
 
 async def read_lines(process: asyncio.subprocess.Process) -> AsyncIterator[str]:

@@ -263,3 +263,17 @@ def test_the_settings_grace_reaches_the_plan_and_the_nodes_switch(
 
     assert plan.heartbeat_grace == 900
     assert "-gt 900" in user_data(plan)
+
+
+@pytest.mark.parametrize("kind", ["binary", "directory"])
+def test_a_settings_file_that_is_no_text_is_one_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "config.yml"
+    if kind == "binary":
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        path.mkdir()
+
+    with pytest.raises(ConfigError, match=r"config.yml: .*or remove it$") as caught:
+        load_settings(path=path, environ={})
+
+    assert "\n" not in str(caught.value)
