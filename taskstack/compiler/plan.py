@@ -8,6 +8,7 @@ which is how engines store it beside their state.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -143,6 +144,9 @@ def build_plan(
     tpu = _tpu_plan(offer)
     count = _node_count(task, tpu=tpu)
     cloud = offer.backend
+    network = network or NetworkPlan()
+    if tpu is None:
+        _check_subnet_holds(network, cloud=cloud, nodes=count)
 
     return ClusterPlan(
         run_name=run_name,
@@ -166,11 +170,30 @@ def build_plan(
         tpu=tpu,
         image=image,
         ssh_public_key=ssh_public_key.strip(),
-        network=network or NetworkPlan(),
+        network=network,
         tags={**(getattr(task, "tags", None) or {}), RUN_TAG: run_name},
         heartbeat_grace=heartbeat_grace,
         max_duration=_max_duration(task),
     )
+
+
+# Addresses each cloud keeps for itself in every subnet (network, gateway, DNS, broadcast...).
+_RESERVED_IN_SUBNET = {"aws": 5, "azure": 5, "gcp": 4}
+
+
+def _check_subnet_holds(network: NetworkPlan, *, cloud: str, nodes: int) -> None:
+    """Refuse a run the subnet it creates cannot address: `up` would fail half-way, after the
+    first instances were paid for. An existing subnet's size is the cloud's to check."""
+    if network.subnet_id:
+        return
+    subnet = ipaddress.ip_network(network.subnet_cidr, strict=False)
+    room = subnet.num_addresses - _RESERVED_IN_SUBNET.get(cloud, 5)
+    if nodes > room:
+        larger = " or a larger `backends.aws.subnet_cidr`" if cloud == "aws" else ""
+        raise ConfigError(
+            f"`nodes: {nodes}` do not fit the run's subnet {network.subnet_cidr} ({room} "
+            f"addresses on {cloud}); lower `nodes`{larger}"
+        )
 
 
 def supports_cluster_placement(*, cloud: str, instance_type: str) -> bool:

@@ -211,3 +211,22 @@ def test_run_in_process_the_command_leaves_the_collector_alone(task_file: Path) 
     assert result.exit_code == 0, result.output
     assert gc.get_freeze_count() == frozen
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize(("cloud", "room"), [("aws", 251), ("gcp", 252), ("azure", 251)])
+def test_plan_refuses_more_nodes_than_the_runs_subnet_holds(
+    cloud: str,
+    room: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "cpu.dstack.yml"
+    path.write_text("type: task\nname: wide\ncommands: [hostname]\n")
+    args = ["plan", "-f", str(path), "-b", cloud, "--nodes"]
+
+    err = one_error_line([*args, str(room + 1)], monkeypatch, capsys)
+    fits = runner.invoke(app, [*args, "2", "--json"])
+
+    assert f"`nodes: {room + 1}` do not fit the run's subnet 10.200.0.0/24 ({room} " in err
+    assert fits.exit_code == 0, fits.output
