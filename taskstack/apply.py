@@ -1084,7 +1084,7 @@ def _refuse_active(name: str) -> None:
                 f"run {name} is still {record.status}; stop it with `dstack stop {name}` "
                 f"or pick another `--name`"
             )
-        if record.backend == "local" and _leftover_processes(record):
+        if record.backend == "local" and leftover_processes(record):
             # An apply killed with SIGKILL leaves its nodes running; a new record of the
             # same name would lose track of them.
             raise ConfigError(
@@ -1093,7 +1093,10 @@ def _refuse_active(name: str) -> None:
             )
 
 
-def _leftover_processes(record: RunRecord) -> list[int]:
+def leftover_processes(record: RunRecord) -> list[int]:
+    """Processes of a local run's nodes still alive (its apply was killed); [] elsewhere."""
+    if record.backend != "local":
+        return []
     from taskstack.runtime.local import marked_processes, node_marker
 
     return [

@@ -34,20 +34,27 @@ def ps(
     from rich.table import Table
 
     from taskstack import records
+    from taskstack.apply import leftover_processes
     from taskstack.provision import find_stacks
 
     listing = find_stacks()
     left = {stack.name: stack for stack in listing.stacks if stack.leftover}
+    orphaned = []
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("NAME", "BACKEND", "NODES", "STATUS", "SUBMITTED", "EXIT"):
         table.add_column(column)
     for record in records.list_records(include_finished=True):
-        if not (all_runs or record.active or record.name in left):
+        # A killed apply's local nodes go on running: such a run is listed like a stack left.
+        alive = record.status == "aborted" and bool(leftover_processes(record))
+        if not (all_runs or record.active or record.name in left or alive):
             continue
         colour = _STATUS_COLOURS.get(record.status, "yellow")
         status = f"[{colour}]{record.status}[/{colour}]"
         if left.pop(record.name, None) is not None:
             status += " [bold red]stack left[/bold red]"
+        if alive:
+            status += " [bold red]processes left[/bold red]"
+            orphaned.append(record.name)
         table.add_row(
             record.name,
             record.backend,
@@ -64,6 +71,13 @@ def ps(
         err_console.print(
             "[yellow]A stack left behind may still cost money: "
             "`dstack destroy NAME` removes it.[/yellow]"
+        )
+    for name in orphaned:
+        err_console.print(
+            f"[yellow]Run {name} was killed but its processes still run: "
+            f"`dstack stop {name}` ends them.[/yellow]",
+            highlight=False,
+            soft_wrap=True,
         )
     for reason in listing.unreachable:
         err_console.print(f"[yellow]stacks not listed: {reason}[/yellow]", highlight=False)

@@ -104,12 +104,16 @@ def test_stop_of_a_run_whose_apply_died_kills_what_it_left(tmp_path: Path) -> No
     )
     assert again.returncode == 1
     assert "its processes still run; end them with `dstack stop orphan-1`" in again.stderr
+    listed = subprocess.run([str(DSTACK), "ps"], capture_output=True, text=True, timeout=60)
+    assert "orphan-1" in listed.stdout and "processes left" in listed.stdout
+    assert "`dstack stop orphan-1` ends them" in listed.stderr
 
     stopped = CliRunner().invoke(app, ["stop", "orphan-1", "-y"])
 
     assert stopped.exit_code == 0, stopped.output
     assert _marked("orphan-1", 0) == []
     assert records.load_record("orphan-1").status == "terminated"
+    assert "orphan-1" not in CliRunner().invoke(app, ["ps"]).output
     left = sorted(path.name for path in records.run_dir("orphan-1").iterdir())
     assert [name for name in left if not name.startswith(".")] == ["logs.txt", "run.json"]
 
