@@ -1004,7 +1004,13 @@ def _find_offers(task: Any) -> list[Any]:
     settings = load_settings()
     backends = settings.backends_in_use()
     if backends == ["local"]:
-        offers = list(find_offers(task, backends=backends, catalog=_no_catalog()).offers)
+        try:
+            offers = list(find_offers(task, backends=backends, catalog=_no_catalog()).offers)
+        except OffersError:
+            # Said again with the clouds' offers too: which cloud would fit (configure it),
+            # or which requirement no offer anywhere meets.
+            find_offers(task, backends=backends)
+            raise
         if not offers:
             raise OffersError(
                 "this machine does not fit the task's `resources`; no offer to run it"

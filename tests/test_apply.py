@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from taskstack import apply, records
-from taskstack.errors import ConfigError, RunError
+from taskstack.errors import ConfigError, OffersError, RunError
 from taskstack.runtime.job import LogLine
 
 
@@ -291,3 +291,16 @@ def test_a_relative_state_folder_is_made_absolute(
     assert result.status == "done"
     lines = [e.text for e in events if isinstance(e, LogLine)]
     assert lines == ["127.0.0.1 slots=1"] * 4  # each node reads the hostfile of both
+
+
+def test_a_task_only_a_cloud_fits_says_to_configure_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TASKSTACK_BACKENDS", raising=False)
+    path = _task(tmp_path, "type: task\nbackends: [aws]\ncommands: [hostname]\n")
+
+    with pytest.raises(OffersError, match=r"on aws would .*: configure one in ") as caught:
+        apply.plan_run(path, cwd=tmp_path)
+
+    assert "\n" not in str(caught.value)
+    assert _nothing_started()
