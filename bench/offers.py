@@ -72,7 +72,10 @@ def run() -> list[dict]:
     _check_same_answer(ours_warm(), in_memory.query(**GPUHUNT_QUERY))
     warm = _interleaved(ours_warm, lambda: in_memory.query(**GPUHUNT_QUERY))
 
-    how = f"`gpu: A100`, on-demand, 81 rows, median of {REPEAT}; same offers both sides"
+    how = (
+        f"`gpu: A100`, on-demand, {len(loaded.offers)} rows, median of {REPEAT}; "
+        "same offers both sides"
+    )
     return [
         row(
             "offers: load packaged CSV + query",
