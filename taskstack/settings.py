@@ -462,7 +462,7 @@ def check_settings(path: Path | None = None) -> list[CheckEntry]:
 
     entries = [
         CheckEntry(key="file", value=file_state),
-        _engine_entry(settings.engine),
+        _engine_entry(settings.engine, needed=settings.backends_in_use() != ["local"]),
         CheckEntry(key="backends", value=", ".join(settings.backends_in_use())),
     ]
     if settings.backends.aws is not None:
@@ -487,11 +487,13 @@ def check_settings(path: Path | None = None) -> list[CheckEntry]:
     return entries + _state_entries(settings)
 
 
-def _engine_entry(engine: str) -> CheckEntry:
+def _engine_entry(engine: str, *, needed: bool) -> CheckEntry:
     import shutil
 
     if shutil.which(engine) is not None:
         return CheckEntry(key="engine", value=f"{engine} (CLI found)")
+    if not needed:  # the local backend makes no stack
+        return CheckEntry(key="engine", value=f"{engine} (CLI not found; no cloud in use)")
     other = "terraform" if engine == "pulumi" else "pulumi"
     return CheckEntry(
         key="engine",

@@ -109,3 +109,18 @@ def test_a_bad_file_is_one_red_line_naming_the_key_and_line() -> None:
     assert "config.yml:3: unknown key `backends.aws.regoins`" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_a_missing_engine_cli_is_no_fault_while_no_cloud_is_in_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path_factory.mktemp("no-engines")))
+
+    local = runner.invoke(app, ["config", "check"], env=WIDE)
+    monkeypatch.setenv("TASKSTACK_BACKENDS", "aws")
+    cloud = runner.invoke(app, ["config", "check"], env=WIDE)
+
+    assert local.exit_code == 0, local.output
+    assert "pulumi (CLI not found; no cloud in use)" in local.output
+    assert cloud.exit_code == 1
+    assert "the pulumi CLI is not on PATH" in cloud.output
