@@ -43,10 +43,9 @@ from taskstack import apply, records
 from taskstack.apply import AttemptStarted, NodesUp, Previewed, StepStarted
 from taskstack.compiler.plan import ClusterPlan
 from taskstack.home import taskstack_home
-from taskstack.provision import CloudProvisioner, machine_image
+from taskstack.provision import CloudProvisioner
 from taskstack.runtime.job import JobStopping, LogLine
 from taskstack.runtime.spec import Node
-from taskstack.settings import load_settings
 from taskstack.stacks.cloudinit import user_data
 from taskstack.stacks.keys import keys_dir, run_key_pair
 from tests.testbed.cloudbox import live_instances, run_processes, run_resources
@@ -58,9 +57,8 @@ pytestmark = pytest.mark.e2e
 
 SUBNET_CIDR = "10.200.7.0/24"
 # A killed host's SSH connection closes at once, so the loss is seen at once; what the grace
-# (`CloudProvisioner(lost_after_seconds=)`, a minute by default) still bounds is how long
-# reconnecting to the dead node goes on, up to 15 s when its container is stopped. It has
-# no setting: `apply.provisioner_for` always takes the default.
+# (`nodes.lost_after`, a minute by default) still bounds is how long reconnecting to the dead
+# node goes on, up to 15 s when its container is stopped.
 LOST_AFTER = 5.0
 # The AWS provider's `max_retries` for an emulator endpoint (taskstack/stacks/tfjson.py). The
 # provider gives it to the SDK as its most attempts per call: measured here, a RunInstances
@@ -105,6 +103,7 @@ def box(
     monkeypatch: pytest.MonkeyPatch,
 ) -> _Box:
     monkeypatch.setenv("TASKSTACK_AWS_SUBNET_CIDR", SUBNET_CIDR)
+    monkeypatch.setenv("TASKSTACK_NODE_LOST_AFTER", str(LOST_AFTER))
     job = tmp_path / "job"
     job.mkdir()
     return _Box(moto=aws_in_moto, testbed=testbed, job=job)
@@ -118,18 +117,6 @@ def _plan(box: _Box, name: str, body: str) -> apply.RunPlan:
     )
     (box.job / ".dstack.yml").write_text(head + textwrap.dedent(body))
     return apply.plan_run(box.job / ".dstack.yml", cwd=box.job, environ={})
-
-
-def _provisioner(plan: apply.RunPlan) -> CloudProvisioner:
-    """What `apply.provisioner_for` makes, with the short grace for a lost node."""
-    settings = load_settings()
-    return CloudProvisioner(
-        settings,
-        backend=plan.backend,
-        engine_name=plan.engine,
-        image=machine_image(settings, plan.backend),
-        lost_after_seconds=LOST_AFTER,
-    )
 
 
 class _Observer:
@@ -306,7 +293,7 @@ _SLEEPER = "commands: [echo started, sleep 6, echo finished]\n"
 def test_a_killed_node_is_provisioned_again_and_the_run_completes(box: _Box) -> None:
     run = "fault-lost"
     plan = _plan(box, run, "retry: {on_events: [interruption], duration: 10m}\n" + _SLEEPER)
-    provisioner = _provisioner(plan)
+    provisioner = apply.provisioner_for(plan)
     observer = _Observer(box, run, kill_after="started")
 
     with _scenario("node killed, retried", box, observer, provisioner) as scenario:
@@ -335,7 +322,7 @@ def test_a_killed_node_is_provisioned_again_and_the_run_completes(box: _Box) -> 
 def test_a_killed_node_without_retry_ends_interrupted_and_destroyed(box: _Box) -> None:
     run = "fault-lost-once"
     plan = _plan(box, run, _SLEEPER)
-    provisioner = _provisioner(plan)
+    provisioner = apply.provisioner_for(plan)
     observer = _Observer(box, run, kill_after="started")
 
     with _scenario("node killed, no retry", box, observer, provisioner) as scenario:
@@ -365,7 +352,7 @@ def test_no_capacity_for_the_first_offer_moves_to_the_next(
 ) -> None:
     run = "fault-capacity"
     plan = _plan(box, run, "retry: {on_events: [no-capacity]}\ncommands: [echo on t3]\n")
-    provisioner = _provisioner(plan)
+    provisioner = apply.provisioner_for(plan)
     observer = _Observer(box, run)
 
     with _scenario("no capacity", box, observer, provisioner) as scenario:
@@ -409,7 +396,7 @@ def test_max_duration_stops_the_containers_and_destroys_the_stack(box: _Box) -> 
           - trap 'echo stopping; exit 143' TERM; sleep 120 & wait
         """
     plan = _plan(box, run, body)
-    provisioner = _provisioner(plan)
+    provisioner = apply.provisioner_for(plan)
     observer = _Observer(box, run)
 
     with _scenario("max_duration", box, observer, provisioner) as scenario:
@@ -438,7 +425,7 @@ def test_an_error_is_rerun_until_retry_duration_passes_then_failed(box: _Box) ->
     # part of it; 45 s leaves room for reruns (after 1, 2, 4 s...) even on a busy machine.
     body = "retry: {on_events: [error], duration: 45s}\ncommands: [echo attempt, exit 1]\n"
     plan = _plan(box, run, body)
-    provisioner = _provisioner(plan)
+    provisioner = apply.provisioner_for(plan)
     observer = _Observer(box, run)
 
     with _scenario("error, retried", box, observer, provisioner) as scenario:
