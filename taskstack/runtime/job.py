@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 10.0
 """How long a node gets between SIGTERM and SIGKILL when the run stops."""
 
+DRAIN_SECONDS = 5.0
+"""After a stop from outside: how long the output of the stopped nodes is still read.
+Bounded, because a node that was lost may never close its stream."""
+
 
 class Transport(Protocol):
     """How the runtime reaches one node. The local backend and SSH each implement it.
@@ -237,6 +241,12 @@ async def _supervise(
         # Once stopped, every follower ends: its output drains and its exit code arrives.
         exit_codes = dict(zip(followers.values(), await asyncio.gather(*followers), strict=True))
         return JobResult(status=status, exit_codes=exit_codes, reason=reason)
+    except asyncio.CancelledError:
+        # Stopped from outside (Ctrl+C, `dstack stop`): the nodes get their grace, and what
+        # they print meanwhile ("saving a checkpoint...") still reaches the log.
+        await _stop_all(by_rank, grace=grace)
+        await asyncio.wait(followers, timeout=DRAIN_SECONDS)
+        raise
     finally:
         for task in followers:
             task.cancel()

@@ -237,6 +237,24 @@ def test_ctrl_c_stops_every_node_and_exits_130(tmp_path: Path, applying) -> None
     assert records.load_record("ctrl-c-1").status == "interrupted"
 
 
+def test_what_a_task_prints_while_stopping_is_kept(tmp_path: Path, applying) -> None:
+    path = _task(
+        tmp_path,
+        "type: task\nname: ctrl-c-2\n"
+        "commands: ['echo started', \"trap 'echo saving checkpoint; exit 143' TERM; "
+        'sleep 120 & wait"]\n',
+    )
+    runner = applying(path, cwd=tmp_path)
+    _read_until(runner.stdout, "started")
+    time.sleep(0.5)  # the trap is set once the shell reaches `wait`
+
+    runner.send_signal(signal.SIGINT)
+
+    assert runner.wait(timeout=30) == 130
+    assert "saving checkpoint" in runner.stdout.read()
+    assert "saving checkpoint" in records.log_path("ctrl-c-2").read_text()
+
+
 def test_max_duration_stops_the_run(tmp_path: Path) -> None:
     path = _task(tmp_path, "type: task\nmax_duration: 1s\ncommands: [echo go, sleep 60]\n")
     started = time.monotonic()
