@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from taskstack import records
 from taskstack.errors import (
@@ -47,6 +47,7 @@ from taskstack.errors import (
     NodeLostError,
     OffersError,
     RunError,
+    Stopped,
 )
 from taskstack.home import ensure_home
 from taskstack.records import RunRecord, RunStatus
@@ -347,10 +348,11 @@ def execute_run(
     on_event(StepStarted(step="record", detail=str(records.run_dir(plan.name))))
 
     try:
-        preview = _preview(plan, provisioner, on_event)
-        accepted = confirm is None or confirm(preview)
+        with _stops_unwind():
+            preview = _preview(plan, provisioner, on_event)
+            accepted = confirm is None or confirm(preview)
     except BaseException as exc:
-        # Ctrl+C while the engine previews or at the prompt lands here, too.
+        # Ctrl+C, SIGTERM or SIGHUP while the engine previews or at the prompt lands here.
         _discard(plan, record, provisioner, on_event, reason=exc)
         raise
     if not accepted:
@@ -581,7 +583,9 @@ def _discard(
 ) -> None:
     """Remove what the preview left; a declined run leaves no record either.
 
-    When the removal fails too, the record stays and says how to finish it.
+    When the removal fails too, the record stays and says how to finish it. A run stopped
+    by a signal (`reason` a KeyboardInterrupt) ends with `RunFinished`, as a started run
+    does; an error is the caller's to report.
     """
     on_event(StepStarted(step="teardown"))
     try:
@@ -591,39 +595,68 @@ def _discard(
                 asyncio.run(provisioner.destroy(plan, on_event))
     except Exception as exc:
         log.warning("run %s: removing its preview failed: %s", plan.name, exc)
-        records.finish(
-            record,
-            status="failed",
-            reason=f"{exc}; remove it with `dstack destroy {plan.name}`",
-            exit_status=1,
-        )
-        return
-    if reason is None:
-        records.remove_run(plan.name)
-        return
-    interrupted = isinstance(reason, KeyboardInterrupt)
+        status: RunStatus = "failed"
+        said = f"{exc}; remove it with `dstack destroy {plan.name}`"
+    else:
+        if reason is None:
+            records.remove_run(plan.name)
+            return
+        status, said = "failed", str(reason)
+        if isinstance(reason, Stopped):
+            status, said = cast(RunStatus, reason.status), reason.reason
+        elif isinstance(reason, KeyboardInterrupt):
+            status, said = "interrupted", "Ctrl+C"
     records.finish(
-        record,
-        status="interrupted" if interrupted else "failed",
-        reason="interrupted" if interrupted else str(reason),
-        exit_status=130 if interrupted else 1,
+        record, status=status, reason=said, exit_status=130 if status == "interrupted" else 1
     )
+    if isinstance(reason, KeyboardInterrupt):
+        on_event(RunFinished(result=_result(plan.name, status=status, reason=said, job=None)))
+
+
+_STOPS: dict[signal.Signals, tuple[RunStatus, str]] = {
+    signal.SIGTERM: ("terminated", "stopped"),
+    signal.SIGHUP: ("interrupted", "the terminal closed"),
+}
+"""The signals that stop a run besides Ctrl+C, with the status and reason they record."""
+
+
+@contextlib.contextmanager
+def _stops_unwind() -> Iterator[None]:
+    """Until the run starts, SIGTERM and SIGHUP unwind like Ctrl+C: the engine is asked to
+    stop, and what the preview made is removed instead of being left to a killed process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def raise_stopped(signum: int, _frame: object) -> None:
+        raise Stopped(*_STOPS[signal.Signals(signum)])
+
+    previous = {signum: signal.signal(signum, raise_stopped) for signum in _STOPS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
 def _interrupts_say_what_is_alive(
     plan: RunPlan, record: RunRecord, on_event: OnApplyEvent
 ) -> Iterator[None]:
-    """While the preview is removed, Ctrl+C says what is still alive instead of cutting the
-    removal short (which would leave the stack behind)."""
+    """While the preview is removed, Ctrl+C, SIGTERM and SIGHUP say what is still alive
+    instead of cutting the removal short (which would leave the stack behind)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread; nothing to catch here
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: on_event(still_alive(plan, record)))
+    previous = {
+        signum: signal.signal(signum, lambda *_: on_event(still_alive(plan, record)))
+        for signum in (signal.SIGINT, *_STOPS)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _Run:

@@ -11,6 +11,9 @@
     └── RunError           the run itself failed to start or was lost
         └── NodeLostError  a node vanished mid-run (interruption, retryable)
 
+    KeyboardInterrupt
+    └── Stopped            SIGTERM or SIGHUP before the run started: unwinds like Ctrl+C
+
 Foreign errors (pydantic, YAML, asyncssh, Pulumi, Terraform) are converted once, where
 they enter, with `raise ... from exc`. Only `cli/` prints them.
 """
@@ -56,3 +59,16 @@ class RunError(TaskstackError):
 
 class NodeLostError(RunError):
     """A node was lost while the task ran (instance gone, SSH unreachable, spot reclaim)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (`dstack stop`) or SIGHUP arrived during the preview or at the prompt.
+
+    A KeyboardInterrupt, so every engine call stops on it as on Ctrl+C (Terraform is asked
+    to stop and saves its state); `status` is what the run's record says it ended as.
+    """
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason

@@ -162,19 +162,21 @@ def test_ctrl_c_at_the_prompt_removes_the_preview(aws: Path) -> None:
     engine = FakeEngine()
     plan = _plan(aws, ["true"])
 
+    events: list[object] = []
+
     def interrupted(preview: apply.Preview) -> bool:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         apply.execute_run(
-            plan,
-            on_event=lambda event: None,
-            provisioner=_provisioner(engine),
-            confirm=interrupted,
+            plan, on_event=events.append, provisioner=_provisioner(engine), confirm=interrupted
         )
 
     assert engine.calls == ["preview", "destroy"]
     assert records.load_record("lifecycle").status == "interrupted"
+    ended = events[-1]
+    assert isinstance(ended, apply.RunFinished)
+    assert (ended.result.status, ended.result.exit_status) == ("interrupted", 130)
     _nothing_left(engine)
 
 

@@ -63,6 +63,13 @@ def apply(
     printer = _EventPrinter(nodes=plan.nodes_num)
     try:
         result = execute_run(plan, on_event=printer, confirm=None if yes else confirm)
+    except KeyboardInterrupt:
+        # Stopped during the preview or at the prompt (Ctrl+C, `dstack stop`, the terminal
+        # closing): the printer has said how the run ended; its record has the exit status,
+        # where typer would exit 130 whatever the signal.
+        from taskstack import records
+
+        sys.exit(records.load_record(plan.name).exit_status or 130)
     finally:
         printer.close()
     if result.status == "declined":
@@ -180,6 +187,9 @@ def _confirm(question: str) -> bool:
         return Confirm.ask(question, console=console)
     except EOFError:
         return False
+    except KeyboardInterrupt:
+        console.print()  # what follows starts on a line of its own, not after the question
+        raise
 
 
 UPLOAD_BAR_BYTES = 8 << 20

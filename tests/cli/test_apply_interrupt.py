@@ -2,11 +2,12 @@
 
 The apply is the real CLI in a child process (`tests.testbed.fake_apply`) whose engine is
 `FakeEngine`; its nodes are the session's test hosts. The test sends SIGINT as a terminal
-would, in the middle of the preview, of `up`, and of the run. Afterwards: exit status 130,
-no stack, no key, no container, and the record says `interrupted`. A second SIGINT during
-the teardown says what is still alive and the command that removes it; the teardown still
-finishes. After `kill -9` of the apply, the nodes' dead man's switch fires within its
-grace, `dstack ps` lists the run and `dstack destroy` removes its stack.
+would, in the middle of the preview, of `up`, and of the run; and, during the preview,
+SIGTERM (as `dstack stop` does) or SIGHUP. Afterwards: exit status 130 (1 after SIGTERM),
+no stack, no key, no container, and the record says `interrupted` (`terminated`). A second
+SIGINT during the teardown says what is still alive and the command that removes it; the
+teardown still finishes. After `kill -9` of the apply, the nodes' dead man's switch fires
+within its grace, `dstack ps` lists the run and `dstack destroy` removes its stack.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from taskstack import records
+from taskstack.apply import stop_run
 from taskstack.errors import RunError
 from taskstack.home import taskstack_home
 from taskstack.runtime.remote import REMOTE_ROOT
@@ -93,11 +95,11 @@ def _wait_for(apply: subprocess.Popen, condition: Callable[[], bool], timeout: f
         time.sleep(0.05)
 
 
-def _nothing_left(hosts: list[TestHost]) -> None:
+def _nothing_left(hosts: list[TestHost], *, status: str = "interrupted") -> None:
     assert FakeEngine().list_stacks() == []
     assert not (keys_dir() / RUN).exists()
     assert [host.containers() for host in hosts] == [[] for _ in hosts]
-    assert records.load_record(RUN).status == "interrupted"
+    assert records.load_record(RUN).status == status
 
 
 PHASES = {
@@ -124,6 +126,31 @@ def test_ctrl_c_destroys_the_stack_and_exits_130(
     assert apply.returncode == 130, stderr
     assert "Still alive" not in stderr
     _nothing_left(test_hosts)
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "code"),
+    [("dstack stop", "terminated", 1), ("SIGHUP", "interrupted", 130)],
+)
+def test_a_stop_during_the_preview_destroys_its_stack(
+    stop: str, status: str, code: int, tmp_path: Path, test_hosts: list[TestHost]
+) -> None:
+    faults, reached = PHASES["preview"]
+    apply = _start_apply(tmp_path, test_hosts, **faults)
+    try:
+        _wait_for(apply, reached)
+
+        if stop == "dstack stop":
+            stop_run(RUN)  # SIGTERM to the apply, which tears its run down itself
+        else:
+            apply.send_signal(signal.SIGHUP)  # the terminal closed
+        stdout, stderr = apply.communicate(timeout=120)
+    finally:
+        apply.kill()
+
+    assert apply.returncode == code, stderr
+    assert f"Run {RUN} {status}" in stdout
+    _nothing_left(test_hosts, status=status)
 
 
 @pytest.mark.parametrize("phase", ["preview", "run"])

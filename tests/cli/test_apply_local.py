@@ -255,6 +255,41 @@ def test_what_a_task_prints_while_stopping_is_kept(tmp_path: Path, applying) -> 
     assert "saving checkpoint" in records.log_path("ctrl-c-2").read_text()
 
 
+@pytest.mark.parametrize(
+    ("stop", "code", "said"),
+    [
+        ("dstack stop", 1, "terminated (stopped)"),
+        ("SIGHUP", 130, "interrupted (the terminal closed)"),
+    ],
+)
+def test_a_stop_at_the_prompt_ends_the_run_as_it_says(
+    stop: str, code: int, said: str, tmp_path: Path
+) -> None:
+    path = _task(tmp_path, "type: task\nname: asked-2\ncommands: [echo ran]\n")
+    runner = subprocess.Popen(
+        [str(DSTACK), "apply", "-f", str(path)],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        seen = _read_bytes_until(runner.stdout, b"Submit the run asked-2? [y/n]: ")
+        if stop == "dstack stop":
+            stopped = dstack("stop", "asked-2", "-y", cwd=tmp_path)
+            assert stopped.returncode == 0, stopped.stderr
+        else:
+            runner.send_signal(signal.SIGHUP)
+        seen += runner.communicate(timeout=30)[0]
+    finally:
+        runner.kill()
+
+    assert runner.returncode == code
+    assert f"Run asked-2 {said}\n".encode() in seen and b"ran" not in seen
+    record = records.load_record("asked-2")
+    assert (record.status, record.exit_status) == (said.split()[0], code)
+
+
 def test_max_duration_stops_the_run(tmp_path: Path) -> None:
     path = _task(tmp_path, "type: task\nmax_duration: 1s\ncommands: [echo go, sleep 60]\n")
     started = time.monotonic()
@@ -286,6 +321,18 @@ def _read_until(stream, needle: str, timeout: float = 30) -> str:
         line = stream.readline()
         assert line, f"output ended before {needle!r}: {seen!r}"
         seen += line
+    return seen
+
+
+def _read_bytes_until(stream, needle: bytes, timeout: float = 30) -> bytes:
+    """Read until `needle`, which need not end a line (a prompt does not)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        assert time.monotonic() < deadline, f"never saw {needle!r} in {seen!r}"
+        chunk = os.read(stream.fileno(), 4096)
+        assert chunk, f"output ended before {needle!r}: {seen!r}"
+        seen += chunk
     return seen
 
 
