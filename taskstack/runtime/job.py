@@ -133,16 +133,18 @@ class JobResult:
     status: JobStatus
     exit_codes: dict[int, int] = field(default_factory=dict)
     reason: str = ""
+    failed_rank: int | None = None
+    """The node whose exit failed the job; the others were stopped because of it."""
 
     @property
     def exit_status(self) -> int:
-        """The status a command exits with: 0, a failed node's code, or 1 when stopped."""
+        """The status a command exits with: 0, the failing node's code, or 1 when stopped."""
         if self.status == "done":
             return 0
-        failed = [code for _, code in sorted(self.exit_codes.items()) if code != 0]
-        if self.status == "failed" and failed:
+        code = self.exit_codes.get(self.failed_rank, 0) if self.failed_rank is not None else 0
+        if self.status == "failed" and code != 0:
             # A signal death is reported the way shells do: 128 + the signal number.
-            return failed[0] if failed[0] > 0 else 128 - failed[0]
+            return code if code > 0 else 128 - code
         return 1
 
 
@@ -232,7 +234,9 @@ async def _supervise(
     try:
         await _forward_ports(spec, by_rank, on_event)
 
-        status, reason = await _first_outcome(followers, max_duration=spec.max_duration)
+        status, reason, failed_rank = await _first_outcome(
+            followers, max_duration=spec.max_duration
+        )
         if status != "done":
             kind: StopKind = "failure" if status == "failed" else "max_duration"
             on_event(JobStopping(reason=reason, kind=kind))
@@ -240,7 +244,9 @@ async def _supervise(
 
         # Once stopped, every follower ends: its output drains and its exit code arrives.
         exit_codes = dict(zip(followers.values(), await asyncio.gather(*followers), strict=True))
-        return JobResult(status=status, exit_codes=exit_codes, reason=reason)
+        return JobResult(
+            status=status, exit_codes=exit_codes, reason=reason, failed_rank=failed_rank
+        )
     except asyncio.CancelledError:
         # Stopped from outside (Ctrl+C, `dstack stop`): the nodes get their grace, and what
         # they print meanwhile ("saving a checkpoint...") still reaches the log.
@@ -273,8 +279,9 @@ async def _forward_ports(
 
 async def _first_outcome(
     followers: dict[asyncio.Task[int], int], *, max_duration: float | None
-) -> tuple[JobStatus, str]:
-    """Wait for the moment the job's fate is known: all exited 0, a failure, or time out."""
+) -> tuple[JobStatus, str, int | None]:
+    """Wait for the moment the job's fate is known: all exited 0, a failure (and the failing
+    node's rank), or time out."""
     loop = asyncio.get_running_loop()
     deadline = None if max_duration is None else loop.time() + max_duration
     pending = set(followers)
@@ -285,14 +292,16 @@ async def _first_outcome(
             pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         if not done:
-            return "terminated", f"max_duration of {max_duration:g}s passed"
+            return "terminated", f"max_duration of {max_duration:g}s passed", None
 
-        for task in done:
+        # Of nodes that ended in the same instant, the lowest rank is named, every time.
+        for task in sorted(done, key=followers.__getitem__):
             exit_code = task.result()  # a transport error propagates from here
             if exit_code != 0:
-                return "failed", f"node {followers[task]} exited with {exit_code}"
+                rank = followers[task]
+                return "failed", f"node {rank} exited with {exit_code}", rank
 
-    return "done", ""
+    return "done", "", None
 
 
 async def _stop_all(by_rank: dict[int, Transport], *, grace: float) -> None:
