@@ -54,7 +54,7 @@ from taskstack.records import RunRecord, RunStatus
 from taskstack.runtime import job
 from taskstack.runtime.job import JobEvent, JobResult, LogLine, NodeStarted, Transport
 from taskstack.runtime.ports import check_ports_free
-from taskstack.runtime.spec import JobSpec, Node, PortMapping
+from taskstack.runtime.spec import JobSpec, Node, PortMapping, RegistryAuth
 from taskstack.stacks.engine import EngineEvent
 
 if TYPE_CHECKING:
@@ -247,7 +247,12 @@ def plan_run(
         OffersError: no offer fits the task.
         RunError: a run with this name is still active, or the backend cannot run the task.
     """
-    from taskstack.compiler.config import load_task, resolve_env, validate_run_name
+    from taskstack.compiler.config import (
+        load_task,
+        refuse_what_is_not_carried_out,
+        resolve_env,
+        validate_run_name,
+    )
     from taskstack.runtime.workdir import repo_id, repo_root
 
     if name is not None:
@@ -255,6 +260,7 @@ def plan_run(
         validate_run_name(name)
     ensure_home("runs")
     task = load_task(config_path)
+    refuse_what_is_not_carried_out(task, config_path)
     env = resolve_env(task, cli_env=list(cli_env), environ=dict(environ or os.environ))
     task = task.model_copy(update={"env": env})
     task = _with_ports(task, ports)
@@ -268,9 +274,13 @@ def plan_run(
     if backend != "local" and spec.image is None:
         from taskstack.runtime.docker import default_image
 
-        # On a cloud every task runs in a container: dstack's base image for `python:`.
+        # On a cloud every task runs in a container: dstack's base image for `python:`,
+        # whose commands run in bash unless the task says otherwise, as in dstack.
         spec = spec.model_copy(
-            update={"image": default_image(nvcc=bool(getattr(task, "nvcc", False)))}
+            update={
+                "image": default_image(nvcc=bool(getattr(task, "nvcc", False))),
+                "shell": spec.shell or "bash",
+            }
         )
     plan = RunPlan(
         name=run_name,
@@ -423,9 +433,17 @@ def job_spec(task: Any, *, run_name: str, repo_id: str, offer: Any) -> JobSpec:
         gpu_vendor=getattr(offer, "gpu_vendor", None) if gpus else None,
         privileged=bool(getattr(task, "privileged", False)),
         ports=_port_mappings(task.ports or ()),
+        registry_auth=_registry_auth(getattr(task, "registry_auth", None)),
+        shell=getattr(task, "shell", None),
         repo_id=repo_id,
         max_duration=task.max_duration,
     )
+
+
+def _registry_auth(auth: Any) -> RegistryAuth | None:
+    if auth is None:
+        return None
+    return RegistryAuth(username=auth.username, password=auth.password)
 
 
 def _port_mappings(ports: Sequence[Any]) -> tuple[PortMapping, ...]:

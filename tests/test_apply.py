@@ -12,18 +12,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from taskstack import apply, records
+from taskstack.compiler.config import load_task
 from taskstack.errors import ConfigError, OffersError, RunError
 from taskstack.runtime.job import LogLine
+
+_NO_GPU_OFFER = SimpleNamespace(gpu_count=0)
 
 
 def _task(folder: Path, text: str) -> Path:
     path = folder / ".dstack.yml"
     path.write_text(text)
     return path
+
+
+def _run_printing(path: Path, *, cwd: Path) -> tuple[apply.RunResult, list[str]]:
+    """Plan and execute the task; how it ended and the lines its nodes printed."""
+    events: list[object] = []
+    result = apply.execute_run(apply.plan_run(path, cwd=cwd), on_event=events.append)
+    return result, [event.text for event in events if isinstance(event, LogLine)]
 
 
 def _nothing_started() -> bool:
@@ -92,11 +103,9 @@ def test_the_current_user_and_its_group_are_honoured_without_an_image(tmp_path: 
     me, group = getpass.getuser(), grp.getgrgid(os.getegid()).gr_name
     path = _task(tmp_path, f"type: task\nuser: {me}:{group}\ncommands: [id -un]\n")
 
-    events: list[object] = []
-    result = apply.execute_run(apply.plan_run(path, cwd=tmp_path), on_event=events.append)
+    result, lines = _run_printing(path, cwd=tmp_path)
 
-    assert result.status == "done"
-    assert [e.text for e in events if isinstance(e, LogLine)] == [me]
+    assert (result.status, lines) == ("done", [me])
 
 
 def test_execute_runs_records_and_cleans_up(tmp_path: Path) -> None:
@@ -127,6 +136,84 @@ def test_execute_runs_records_and_cleans_up(tmp_path: Path) -> None:
         "run.json",
     ]
     assert "hunter2-value" not in (records.run_dir("sum-1") / "run.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("field", "yaml"),
+    [
+        ("volumes", "volumes: [/mnt/data:/data]"),
+        ("volumes", "volumes: [{name: my-volume, path: /data}]"),
+        ("files", "files: [data.txt:/opt/data.txt]"),
+        ("repos", "repos: [https://example.com/org/repo.git]"),
+    ],
+)
+def test_fields_not_carried_out_are_refused_before_anything_starts(
+    field: str, yaml: str, tmp_path: Path
+) -> None:
+    path = _task(tmp_path, f"type: task\n{yaml}\ncommands: [echo hi]\n")
+
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: `{field}`: ") as err:
+        apply.plan_run(path, cwd=tmp_path)
+
+    assert "\n" not in str(err.value) and "remove" in str(err.value)
+    assert _nothing_started()
+
+
+def test_an_optional_instance_mount_is_skipped_as_dstack_does(tmp_path: Path) -> None:
+    path = _task(
+        tmp_path,
+        "type: task\nvolumes: [{instance_path: /mnt/cache, path: /cache, optional: true}]\n"
+        "commands: [echo hi]\n",
+    )
+
+    result, lines = _run_printing(path, cwd=tmp_path)
+
+    assert (result.status, result.exit_status, lines) == ("done", 0, ["hi"])
+
+
+@pytest.mark.parametrize(("shell", "expected"), [(None, "bash"), ("sh", "sh"), ("bash", "bash")])
+def test_shell_runs_the_commands(shell: str | None, expected: str, tmp_path: Path) -> None:
+    shell_line = "" if shell is None else f"shell: {shell}\n"
+    # $BASH_VERSION is set only in bash, even where sh is a link to it.
+    probe = 'if [ -n "$BASH_VERSION" ]; then echo bash; else echo sh; fi'
+    path = _task(tmp_path, f"type: task\n{shell_line}commands:\n  - '{probe}'\n")
+
+    result, lines = _run_printing(path, cwd=tmp_path)
+
+    assert (result.status, lines) == ("done", [expected])
+
+
+def test_registry_credentials_reach_the_job_and_never_the_record(tmp_path: Path) -> None:
+    path = _task(
+        tmp_path,
+        "type: task\nname: private-1\nimage: ghcr.io/org/private:1\n"
+        "registry_auth: {username: robot, password: hunter2-registry}\ncommands: [echo hi]\n",
+    )
+    task = load_task(path)
+
+    spec = apply.job_spec(task, run_name="private-1", repo_id="r", offer=_NO_GPU_OFFER)
+
+    assert spec.registry_auth is not None
+    assert spec.registry_auth.username == "robot"
+    assert spec.registry_auth.password.get_secret_value() == "hunter2-registry"
+    assert "hunter2-registry" not in spec.model_dump_json() + repr(spec)
+
+
+def test_a_failed_node_gives_its_exit_status_not_that_of_the_nodes_it_stopped(
+    tmp_path: Path,
+) -> None:
+    path = _task(
+        tmp_path,
+        "type: task\nname: worker-fails\nnodes: 2\n"
+        "commands: ['if [ $DSTACK_NODE_RANK = 1 ]; then exit 3; fi; sleep 60']\n",
+    )
+
+    result, _ = _run_printing(path, cwd=tmp_path)
+
+    assert (result.status, result.exit_status) == ("failed", 3)
+    record = records.load_record("worker-fails")
+    assert record.exit_status == 3 and record.nodes[1].exit_code == 3
+    assert record.nodes[0].exit_code != 0  # stopped because node 1 failed
 
 
 def test_failure_gives_the_node_exit_status(tmp_path: Path) -> None:

@@ -86,6 +86,18 @@ def test_python_tasks_get_the_base_image_on_clouds(aws: Path) -> None:
     plan = apply.plan_run(aws / ".dstack.yml", cwd=aws, environ={})
 
     assert plan.spec.image == "dstackai/base:0.14-devel-ubuntu24.04"
+    assert plan.spec.shell == "bash"  # dstack runs the base image's commands in bash
+
+
+def test_a_task_image_keeps_the_shell_it_names(aws: Path) -> None:
+    (aws / ".dstack.yml").write_text("type: task\nimage: alpine:3\ncommands: ['true']\n")
+    plain = apply.plan_run(aws / ".dstack.yml", cwd=aws, environ={})
+    (aws / ".dstack.yml").write_text(
+        "type: task\nimage: alpine:3\nshell: bash\ncommands: ['true']\n"
+    )
+    named = apply.plan_run(aws / ".dstack.yml", cwd=aws, environ={})
+
+    assert (plain.spec.shell, named.spec.shell) == (None, "bash")  # None: the image's sh
 
 
 def test_success_previews_ups_runs_and_destroys(aws: Path, test_hosts: list[TestHost]) -> None:

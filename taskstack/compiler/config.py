@@ -737,6 +737,35 @@ def load_task(path: Path) -> TaskConfig:
     return parse_task(text, source=str(path))
 
 
+def refuse_what_is_not_carried_out(task: TaskConfig, config_path: Path) -> None:
+    """Refuse the fields taskstack does not carry out yet, rather than run without them
+    (`dstack apply` and `dstack plan` both call this).
+
+    An instance mount marked `optional` is dstack's own "skip where unsupported", so it
+    is skipped.
+
+    Raises:
+        ConfigError: the task asks for volumes, files or repos.
+    """
+    required = [m for m in task.volumes if not getattr(m, "optional", False)]
+    if required:
+        raise ConfigError(
+            f"{config_path}: `volumes`: taskstack does not mount volumes yet ({required[0].path} "
+            "would be missing); remove `volumes`, or mark instance mounts `optional: true`"
+        )
+    if task.files:
+        raise ConfigError(
+            f"{config_path}: `files`: taskstack does not copy files into runs yet; put "
+            f"{task.files[0].local_path} inside the working directory (it is uploaded "
+            "whole) and remove `files`"
+        )
+    if task.repos:
+        raise ConfigError(
+            f"{config_path}: `repos`: taskstack does not check out repos yet; it uploads "
+            "the working directory: apply from a clone of the repo and remove `repos`"
+        )
+
+
 def validate_run_name(name: str) -> str:
     """Return `name` if dstack accepts it as a run name; else a `ConfigError` naming `--name`.
 

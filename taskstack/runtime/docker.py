@@ -162,6 +162,13 @@ def shell_command(commands: tuple[str, ...]) -> str:
     return " && ".join(parts)
 
 
+def shell_path(shell: str | None, *, default: str) -> str:
+    """The program behind a task's `shell`: `sh` and `bash` by their usual paths."""
+    if shell is None:
+        return default
+    return {"sh": "/bin/sh", "bash": "/bin/bash"}.get(shell, shell)
+
+
 def _labels(spec: JobSpec, placement: Placement) -> list[str]:
     return [
         "--label",
@@ -221,7 +228,7 @@ def _process(spec: JobSpec) -> list[str]:
         # docker's --entrypoint takes one program; its arguments go after the image.
         options += ["--entrypoint", shlex.split(spec.entrypoint)[0]]
     else:
-        options += ["--entrypoint", _SHELL]
+        options += ["--entrypoint", shell_path(spec.shell, default=_SHELL)]
     return options
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from taskstack.errors import RunError
 from taskstack.home import taskstack_home
-from taskstack.runtime.docker import shell_command
+from taskstack.runtime.docker import shell_command, shell_path
 from taskstack.runtime.ports import Remaps
 from taskstack.runtime.spec import JobSpec, Node, PortMapping
 from taskstack.runtime.workdir import extract_snapshot
@@ -212,7 +212,9 @@ def _argv(spec: JobSpec) -> list[str]:
     if not spec.commands:
         raise RunError("the task has no `commands` to run on the local backend")
     # Found on taskstack's own PATH: the task's `env` may set a PATH without it.
-    return [shutil.which("bash") or "/bin/bash", "-c", shell_command(spec.commands)]
+    shell = spec.shell or "bash"
+    program = shutil.which(shell) or shell_path(shell, default="/bin/bash")
+    return [program, "-c", shell_command(spec.commands)]
 
 
 async def read_lines(process: asyncio.subprocess.Process) -> AsyncIterator[str]:

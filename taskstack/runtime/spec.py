@@ -56,6 +56,8 @@ class JobSpec(_Frozen):
     privileged: bool = False
     ports: tuple[PortMapping, ...] = ()
     registry_auth: RegistryAuth | None = None
+    shell: str | None = None
+    """The task's `shell` (`sh`, `bash` or an absolute path); None: the runtime's default."""
     repo_id: str = ""
     """`DSTACK_REPO_ID`: names the working directory the run was applied from."""
     max_duration: float | None = None

@@ -150,11 +150,16 @@ def preview_task(
         OffersError: no offer of that backend fits the task.
         StackError: the program failed under the mocks.
     """
-    from taskstack.compiler.config import load_task, validate_run_name
+    from taskstack.compiler.config import (
+        load_task,
+        refuse_what_is_not_carried_out,
+        validate_run_name,
+    )
 
     if run_name is not None:
         validate_run_name(run_name)
     task = load_task(path)
+    refuse_what_is_not_carried_out(task, path)
     if nodes is not None:
         task = task.model_copy(update={"nodes": nodes})
     offer = _cheapest_offer(task, backend=backend)

@@ -142,6 +142,17 @@ def test_errors_are_one_red_line_and_exit_1(
     assert err.startswith(message), err
 
 
+def test_a_task_whose_files_would_be_missing_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "files.dstack.yml"
+    path.write_text(TASK + "files:\n  - data/config.json:/opt/config.json\n")
+
+    err = one_error_line(["plan", "-f", str(path), "-b", "aws"], monkeypatch, capsys)
+
+    assert err.startswith(f"error: {path}: `files`: taskstack does not copy files"), err
+
+
 @pytest.mark.parametrize(
     ("backend", "module", "label"),
     [

@@ -126,6 +126,22 @@ def test_python_tasks_run_dstack_base_image(nvcc, image):
     assert run.argv[-3:] == (image, "-c", "echo hi")
 
 
+@pytest.mark.parametrize(
+    ("shell", "program"),
+    [
+        (None, "/bin/sh"),
+        ("sh", "/bin/sh"),
+        ("bash", "/bin/bash"),
+        ("/usr/bin/zsh", "/usr/bin/zsh"),
+    ],
+)
+def test_shell_is_the_program_that_runs_the_commands(shell, program):
+    run = docker_run(_spec(shell=shell), SINGLE, env={})
+
+    assert _after(run.argv, "--entrypoint") == program
+    assert run.argv[-2:] == ("-c", "echo hi")
+
+
 def test_user_working_dir_and_entrypoint():
     spec = _spec(user="1000:1000", working_dir="src", entrypoint="python -u", commands=("x.py",))
 
