@@ -159,6 +159,17 @@ def test_fields_not_carried_out_are_refused_before_anything_starts(
     assert _nothing_started()
 
 
+def test_a_backend_taskstack_cannot_run_on_is_named(tmp_path: Path) -> None:
+    path = _task(tmp_path, "type: task\nbackends: [runpod]\ncommands: [echo hi]\n")
+
+    with pytest.raises(OffersError, match=r"^`backends: runpod`: taskstack runs tasks on aws"):
+        apply.plan_run(path, cwd=tmp_path)
+
+    # Beside a backend it can run on, the other one is no obstacle (as in dstack).
+    _task(tmp_path, "type: task\nbackends: [runpod, local]\ncommands: [echo hi]\n")
+    assert apply.plan_run(path, cwd=tmp_path).backend == "local"
+
+
 def test_an_optional_instance_mount_is_skipped_as_dstack_does(tmp_path: Path) -> None:
     path = _task(
         tmp_path,

@@ -168,6 +168,9 @@ def _requirements(
     else:
         base = Requirements(spot_policy="auto")
 
+    if placement["max_price"] is not None and placement["max_price"] <= 0:
+        # The file's own rule for `max_price`.
+        raise typer.BadParameter("must be greater than 0 (USD per hour)", param_hint="--max-price")
     unknown = sorted(set(placement["backends"] or ()) - {*CLOUDS, "local"})
     if unknown:
         raise ConfigError(f"`--backend {unknown[0]}`: not a backend; use aws, gcp, azure or local")

@@ -210,8 +210,10 @@ def find_offers(
     try:
         matched = _match(candidates, filters=filters, source=catalog.source)
     except OffersError:
-        # A typo in a GPU name says more than "removed the last offers".
+        # A typo in a GPU name, or a backend taskstack has no engine for, says more than
+        # "removed the last offers".
         _check_gpu_names(requirements.gpu_names or (), catalog=catalog)
+        _check_backend_names(requirements.backends or ())
         raise
     fitted = (_fitted(offer, requirements, in_use=in_use) for offer in matched)
     offers = sorted(fitted, key=_order)
@@ -487,6 +489,16 @@ def _check_gpu_names(asked: Sequence[str], *, catalog: Catalog) -> None:
     names = ", ".join(f"`{name}`" for name in unknown)
     plural = "s" if len(unknown) > 1 else ""
     raise OffersError(f"unknown GPU name{plural} {names} in `resources.gpu.name`; {hint}")
+
+
+def _check_backend_names(asked: Sequence[str]) -> None:
+    """Raise naming a backend of the task (dstack has more) that taskstack cannot run on."""
+    unknown = [name for name in asked if name not in _BACKEND_RANK]
+    if unknown:
+        raise OffersError(
+            f"`backends: {unknown[0]}`: taskstack runs tasks on aws, gcp, azure and local "
+            f"only; name one of those in `backends`"
+        )
 
 
 def _known_gpu_names(catalog: Catalog) -> dict[str, str]:

@@ -161,6 +161,14 @@ def test_errors_are_one_red_line_and_exit_1(
     assert err.startswith(message), err
 
 
+@pytest.mark.parametrize("price", ["0", "-1"])
+def test_max_price_must_be_positive_as_in_a_task_file(price: str) -> None:
+    result = runner.invoke(app, ["offer", "--max-price", price])
+
+    assert result.exit_code == 2
+    assert "Invalid value for --max-price: must be greater than 0" in result.output
+
+
 def test_spot_flags_exclude_each_other() -> None:
     result = runner.invoke(app, ["offer", "--spot", "--on-demand"])
 
