@@ -109,7 +109,7 @@ def stop(
 
     load_record(run)  # an unknown run is one line, before any question
     if not yes and not Confirm.ask(f"Stop the run [bold]{run}[/bold]?", console=console):
-        sys.exit(1)
+        _declined(f"{run} not stopped")
     record = stop_run(run)
     console.print(f"Run [bold]{record.name}[/bold] {record.status}", highlight=False)
 
@@ -128,10 +128,16 @@ def destroy(
     from taskstack.provision import destroy_run
 
     if not yes and not Confirm.ask(f"Destroy the stack of [bold]{run}[/bold]?", console=console):
-        sys.exit(1)
+        _declined(f"the stack of {run} not destroyed")
     with console.status(f"Destroying the stack of {run}...") as status:
         destroy_run(run, on_event=lambda event: status.update(event.message))
     console.print(f"Stack of [bold]{run}[/bold] destroyed", highlight=False)
+
+
+def _declined(what: str) -> None:
+    """The answer was no: say that nothing was done, and exit 1 as a declined apply does."""
+    err_console.print(f"[yellow]{what}[/yellow]", highlight=False)
+    sys.exit(1)
 
 
 def _age(seconds: float) -> str:

@@ -282,6 +282,21 @@ def test_stop_of_an_unknown_run_says_so_before_asking() -> None:
     assert done.stderr == "error: no run named ghost-1; `dstack ps -a` lists the runs\n"
 
 
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [("stop", "keep-1 not stopped"), ("destroy", "the stack of keep-1 not destroyed")],
+)
+def test_answering_no_says_nothing_was_done(command: str, said: str, tmp_path: Path) -> None:
+    _apply(tmp_path, "type: task\nname: keep-1\ncommands: [echo one]\n")
+    before = records.load_record("keep-1")
+
+    answered = CliRunner().invoke(app, [command, "keep-1"], input="n\n")
+
+    assert answered.exit_code == 1
+    assert answered.output.rstrip().endswith(said), answered.output
+    assert records.load_record("keep-1") == before
+
+
 def test_a_damaged_record_does_not_hide_the_other_runs(tmp_path: Path) -> None:
     _apply(tmp_path, "type: task\nname: fine-1\ncommands: [echo one]\n")
     damaged = records.runs_dir() / "broken-1"
