@@ -191,7 +191,7 @@ def _check_subnet_holds(network: NetworkPlan, *, cloud: str, nodes: int) -> None
     if nodes > room:
         larger = " or a larger `backends.aws.subnet_cidr`" if cloud == "aws" else ""
         raise ConfigError(
-            f"`nodes: {nodes}` do not fit the run's subnet {network.subnet_cidr} ({room} "
+            f"`nodes: {nodes}` does not fit the run's subnet {network.subnet_cidr} ({room} "
             f"addresses on {cloud}); lower `nodes`{larger}"
         )
 

@@ -239,5 +239,5 @@ def test_plan_refuses_more_nodes_than_the_runs_subnet_holds(
     err = one_error_line([*args, str(room + 1)], monkeypatch, capsys)
     fits = runner.invoke(app, [*args, "2", "--json"])
 
-    assert f"`nodes: {room + 1}` do not fit the run's subnet 10.200.0.0/24 ({room} " in err
+    assert f"`nodes: {room + 1}` does not fit the run's subnet 10.200.0.0/24 ({room} " in err
     assert fits.exit_code == 0, fits.output
