@@ -6,7 +6,8 @@ matching, so a `.dstack.yml` asks for the same machines here:
 
 - `cpu`, `memory`: ranges over the instance's vCPUs and RAM; `cpu.arch` when given.
 - `disk`: the boot volume is created at the range's minimum (100GB by default), so only an
-  instance with a disk of its own (the local machine) can be too small.
+  instance with a disk of its own (the local machine) can be too small, and only a minimum
+  above the cloud's largest boot volume (`BOOT_VOLUME_MAX_GB`) too large.
 - `gpu`: vendor, names (case-insensitive), count, memory per GPU, total memory and minimum
   compute capability (from gpuhunt's table of known NVIDIA GPUs). A TPU slice is a GPU named
   like the slice (`v5litepod-8`), count 1, vendor `google`, memory the slice's HBM. When the
@@ -344,6 +345,11 @@ def _filters(
     return filters
 
 
+BOOT_VOLUME_MAX_GB = {"aws": 16_384, "gcp": 65_536, "azure": 4_095}
+"""The largest boot volume each cloud makes, in GB (GiB): an EBS gp3 volume, a GCP
+persistent disk, an Azure managed OS disk."""
+
+
 def _resource_filters(r: Requirements) -> list[_Filter]:
     filters: list[_Filter] = []
     add = filters.append
@@ -355,14 +361,14 @@ def _resource_filters(r: Requirements) -> list[_Filter]:
     memory = r.memory_gb
     add(_Filter("resources.memory", memory.text("GB"), lambda o: memory.contains(o.memory_gb)))
     disk_min = r.disk_gb.min or 0
-    # Volumes are made at the minimum, so only an instance's own disk can be too small.
-    add(
-        _Filter(
-            "resources.disk",
-            r.disk_gb.text("GB"),
-            lambda o: not o.disk_fixed or o.disk_gb >= disk_min,
-        )
-    )
+
+    def disk_fits(offer: Offer) -> bool:
+        # Volumes are made at the minimum, so only an instance's own disk can be too small.
+        if offer.disk_fixed:
+            return offer.disk_gb >= disk_min
+        return disk_min <= BOOT_VOLUME_MAX_GB.get(offer.backend, math.inf)
+
+    add(_Filter("resources.disk", r.disk_gb.text("GB"), disk_fits))
 
     filters.extend(_gpu_filters(r))
     return filters

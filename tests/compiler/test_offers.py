@@ -907,6 +907,29 @@ def test_volume_is_the_disk_ranges_minimum(catalog: Catalog, disk: str, volume: 
     assert {offer.disk_gb for offer in query.offers} == {volume}
 
 
+@pytest.mark.parametrize(
+    ("disk", "backends"),
+    [
+        ("4095GB..", ["aws", "azure", "gcp"]),
+        ("4096GB..", ["aws", "gcp"]),  # above Azure's largest OS disk
+        ("16384GB..", ["aws", "gcp"]),
+        ("16385GB..", ["gcp"]),  # above the largest EBS gp3 volume
+        ("65536GB..", ["gcp"]),
+    ],
+)
+def test_a_boot_volume_the_cloud_cannot_make_is_not_offered(
+    catalog: Catalog, disk: str, backends: list[str]
+) -> None:
+    query = find_offers(requirements({"disk": disk}), backends=CLOUDS, catalog=catalog)
+
+    assert sorted({offer.backend for offer in query.offers}) == backends
+
+
+def test_a_disk_no_cloud_makes_is_named(catalog: Catalog) -> None:
+    with pytest.raises(OffersError, match=r"^no offer fits: `resources.disk: 65537GB\.\.`"):
+        find_offers(requirements({"disk": "65537GB.."}), backends=CLOUDS, catalog=catalog)
+
+
 def test_a_long_requirement_is_cut_in_the_message(catalog: Catalog) -> None:
     wanted = requirements({}, regions=("r" * 10_000,))
 
