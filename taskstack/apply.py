@@ -371,15 +371,27 @@ def execute_run(
     return asyncio.run(_Run(plan, record, provisioner, on_event, preview).execute())
 
 
-def stop_run(name: str, *, grace: float = job.STOP_GRACE_SECONDS) -> RunRecord:
+CLOUD_TEARDOWN_SECONDS = 1800.0
+"""How long `dstack stop` waits for a cloud run's apply to stop the nodes and destroy."""
+
+
+def stop_run(
+    name: str,
+    *,
+    grace: float = job.STOP_GRACE_SECONDS,
+    teardown: float = CLOUD_TEARDOWN_SECONDS,
+) -> RunRecord:
     """Stop run `name`: ask its apply process to stop it, and kill what is left.
 
     The apply process gets SIGTERM and tears the run down itself (its record then says
-    `terminated`). If it is gone, or does not finish in time, the run's processes are
-    stopped here, found by the marker each carries, and the record is closed.
+    `terminated`). If it is gone, or a local apply does not finish in time, the run's
+    processes are stopped here, found by the marker each carries, and the record is
+    closed. A cloud run's apply is waited for up to `teardown` seconds while it destroys
+    its stack; no second destroy runs beside it.
 
     Raises:
-        RunError: there is no such run, or it has ended.
+        RunError: there is no such run, or it has ended, or a cloud run's apply is still
+            destroying after `teardown` seconds.
     """
     from taskstack.runtime.local import node_marker, stop_marked
 
@@ -391,7 +403,16 @@ def stop_run(name: str, *, grace: float = job.STOP_GRACE_SECONDS) -> RunRecord:
     if records.apply_alive(record):
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.apply_pid, signal.SIGTERM)
-        _wait_until(lambda: not records.apply_alive(record), timeout=grace + 5)
+        # A cloud run's apply destroys its stack before it exits, which takes minutes; a
+        # second destroy beside it would race it for the same state.
+        timeout = grace + 5 if record.engine is None else teardown
+        _wait_until(lambda: not records.apply_alive(record), timeout=timeout)
+        if record.engine is not None and records.apply_alive(record):
+            raise RunError(
+                f"the apply of {name} (pid {record.apply_pid}) is still destroying its "
+                f"stack after {timeout:.0f}s; let it finish, or end it and run "
+                f"`dstack destroy {name}`"
+            )
 
     for rank in range(record.nodes_num):
         stop_marked(node_marker(name, record.run_id, rank), grace=grace)

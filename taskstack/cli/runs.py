@@ -110,7 +110,8 @@ def stop(
     load_record(run)  # an unknown run is one line, before any question
     if not yes and not Confirm.ask(f"Stop the run [bold]{run}[/bold]?", console=console):
         _declined(f"{run} not stopped")
-    record = stop_run(run)
+    with console.status(f"Stopping {run} (a cloud run destroys its stack first)..."):
+        record = stop_run(run)
     console.print(f"Run [bold]{record.name}[/bold] {record.status}", highlight=False)
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import taskstack.cli.apply  # noqa: F401  (registers the commands)
 import taskstack.cli.runs  # noqa: F401
-from taskstack import records
+from taskstack import apply, records
 from taskstack.cli.app import app
 from taskstack.errors import RunError
 from taskstack.runtime.local import marked_processes, node_marker
@@ -270,6 +270,56 @@ def test_stop_of_a_cloud_run_whose_apply_died_destroys_its_stack(fake_cloud: Pat
     assert FakeEngine().list_stacks() == []
     record = records.load_record("crashed-2")
     assert (record.status, record.stack) == ("terminated", None)
+
+
+_CLOUD_APPLY_SLOW_TO_DESTROY = """
+import signal
+import sys
+import time
+
+from taskstack import records
+
+name = sys.argv[1]
+record = records.create_record(records.new_record(
+    name=name, run_id="r1", backend="aws", config_path="x", nodes_num=1,
+    engine="terraform", stack=name,
+))
+stopping = []
+signal.signal(signal.SIGTERM, lambda *_: stopping.append(time.monotonic()))
+print("running", flush=True)
+while not stopping:
+    time.sleep(0.05)
+time.sleep(6.5)  # destroying the stack: longer than a local run's grace
+record = records.finish(record, status="terminated", reason="stopped", exit_status=1)
+records.save_record(record.model_copy(update={"stack": None}))
+"""
+
+
+def test_stop_waits_for_a_cloud_apply_to_destroy_and_never_destroys_beside_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import taskstack.provision as provision
+
+    destroys: list[str] = []
+    monkeypatch.setattr(provision, "destroy_run", lambda name, **_: destroys.append(name))
+    applying = subprocess.Popen(
+        [sys.executable, "-c", _CLOUD_APPLY_SLOW_TO_DESTROY, "slow-1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert applying.stdout is not None and applying.stdout.readline() == "running\n"
+
+        with pytest.raises(RunError, match=r"still destroying its stack after 1s; let it"):
+            apply.stop_run("slow-1", grace=0, teardown=1)
+        record = apply.stop_run("slow-1", grace=0)
+    finally:
+        applying.kill()
+        applying.wait()
+
+    assert (record.status, record.stack) == ("terminated", None)
+    assert destroys == []
 
 
 def test_stop_of_an_unknown_run_says_so_before_asking() -> None:
