@@ -128,6 +128,24 @@ def _run() -> int:
     return code if isinstance(code, int) else 0
 
 
+def confirm(question: str) -> bool:
+    """Ask `question`; no answer at all (stdin at its end, or closed) is a no."""
+    from rich.prompt import Confirm
+
+    try:
+        return Confirm.ask(question, console=sys.modules[__name__].console)
+    except EOFError:
+        return False
+    except RuntimeError as exc:
+        if "stdin" not in str(exc):  # `input()` with stdin closed: "lost sys.stdin"
+            raise
+        return False
+    except KeyboardInterrupt:
+        # What follows starts on a line of its own, not after the question.
+        sys.modules[__name__].console.print()
+        raise
+
+
 def _stderr() -> Console:
     # Through the module, so that its `__getattr__` makes the console on first use.
     return sys.modules[__name__].err_console

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskstack.cli.app import app, console, err_console
+from taskstack.cli.app import app, confirm, console, err_console
 
 if TYPE_CHECKING:
     from taskstack.apply import ApplyEvent, RunPlan
@@ -57,12 +57,12 @@ def apply(
     )
     console.print(run_plan_table(plan))
 
-    def confirm(_preview: object) -> bool:
-        return _confirm(f"Submit the run [bold]{plan.name}[/bold]?")
+    def ask(_preview: object) -> bool:
+        return confirm(f"Submit the run [bold]{plan.name}[/bold]?")
 
     printer = _EventPrinter(nodes=plan.nodes_num)
     try:
-        result = execute_run(plan, on_event=printer, confirm=None if yes else confirm)
+        result = execute_run(plan, on_event=printer, confirm=None if yes else ask)
     except KeyboardInterrupt:
         # Stopped during the preview or at the prompt (Ctrl+C, `dstack stop`, the terminal
         # closing): the printer has said how the run ended; its record has the exit status,
@@ -178,18 +178,6 @@ def _past(action: str | None) -> str:
     return {"create": "created", "delete": "destroyed", "update": "updated"}.get(
         action or "", action or "done"
     )
-
-
-def _confirm(question: str) -> bool:
-    from rich.prompt import Confirm
-
-    try:
-        return Confirm.ask(question, console=console)
-    except EOFError:
-        return False
-    except KeyboardInterrupt:
-        console.print()  # what follows starts on a line of its own, not after the question
-        raise
 
 
 UPLOAD_BAR_BYTES = 8 << 20

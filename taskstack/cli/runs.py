@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from taskstack.cli.app import app, console, err_console
+from taskstack.cli.app import app, confirm, console, err_console
 
 _STATUS_COLOURS = {
     "done": "green",
@@ -102,13 +102,11 @@ def stop(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Stop a run: every node's processes end and the record says `terminated`."""
-    from rich.prompt import Confirm
-
     from taskstack.apply import stop_run
     from taskstack.records import load_record
 
     load_record(run)  # an unknown run is one line, before any question
-    if not yes and not Confirm.ask(f"Stop the run [bold]{run}[/bold]?", console=console):
+    if not yes and not confirm(f"Stop the run [bold]{run}[/bold]?"):
         _declined(f"{run} not stopped")
     with console.status(f"Stopping {run} (a cloud run destroys its stack first)..."):
         record = stop_run(run)
@@ -124,11 +122,9 @@ def destroy(
 
     Works from the run's record alone; a stack that is already gone is not an error.
     """
-    from rich.prompt import Confirm
-
     from taskstack.provision import destroy_run
 
-    if not yes and not Confirm.ask(f"Destroy the stack of [bold]{run}[/bold]?", console=console):
+    if not yes and not confirm(f"Destroy the stack of [bold]{run}[/bold]?"):
         _declined(f"the stack of {run} not destroyed")
     with console.status(f"Destroying the stack of {run}...") as status:
         destroy_run(run, on_event=lambda event: status.update(event.message))

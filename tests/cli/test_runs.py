@@ -347,6 +347,24 @@ def test_answering_no_says_nothing_was_done(command: str, said: str, tmp_path: P
     assert records.load_record("keep-1") == before
 
 
+@pytest.mark.parametrize("stdin", ["at its end", "closed"])
+def test_no_answer_at_all_is_a_no(stdin: str, tmp_path: Path) -> None:
+    _apply(tmp_path, "type: task\nname: kept-2\ncommands: [echo one]\n")
+    redirect = "</dev/null" if stdin == "at its end" else "<&-"
+
+    def answered(*argv: str) -> subprocess.CompletedProcess[str]:
+        line = " ".join([str(DSTACK), *argv, redirect])
+        return subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=60)
+
+    applied = answered("apply", "-f", str(tmp_path / "task.dstack.yml"), "--name", "unasked-1")
+    destroyed = answered("destroy", "kept-2")
+
+    assert (applied.returncode, destroyed.returncode) == (1, 1)
+    assert applied.stderr.strip().endswith("not submitted"), applied.stderr
+    assert destroyed.stderr.strip() == "the stack of kept-2 not destroyed", destroyed.stderr
+    assert not records.run_dir("unasked-1").exists()
+
+
 def test_a_damaged_record_does_not_hide_the_other_runs(tmp_path: Path) -> None:
     _apply(tmp_path, "type: task\nname: fine-1\ncommands: [echo one]\n")
     damaged = records.runs_dir() / "broken-1"
