@@ -545,12 +545,43 @@ def _gcp_entries(gcp: GcpSettings) -> list[CheckEntry]:
     ]
 
 
-_SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "sas")
+_SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "sas", "credential", "certificate")
+
+
+def _is_secret_option(name: str) -> bool:
+    """Whether a state backend option (or URL parameter) may hold a secret.
+
+    `key` alone is where S3 and azurerm keep the state object, and `..._id` names a key
+    rather than holding one: both are shown.
+    """
+    lowered = name.lower()
+    if lowered == "key" or lowered.endswith("_id"):
+        return False
+    return any(word in lowered for word in _SECRET_OPTION_WORDS)
+
+
+def _masked_url(url: str) -> str:
+    """`url` with a password in it, and the values of secret-looking parameters, masked."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":****@", 1)
+    query = [
+        (name, "****" if _is_secret_option(name) else value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/:")))
 
 
 def _state_entries(settings: Settings) -> list[CheckEntry]:
     pulumi = settings.state.pulumi
-    url = pulumi.url or f"file://{taskstack_home() / 'pulumi'} (default)"
+    url = (
+        _masked_url(pulumi.url)
+        if pulumi.url
+        else f"file://{taskstack_home() / 'pulumi'} (default)"
+    )
     shared = pulumi.url is not None and not pulumi.url.startswith("file://")
     if pulumi.passphrase is not None:
         passphrase, missing = "****", None
@@ -562,7 +593,7 @@ def _state_entries(settings: Settings) -> list[CheckEntry]:
 
     terraform = settings.state.terraform
     options = {
-        key: "****" if any(word in key.lower() for word in _SECRET_OPTION_WORDS) else value
+        key: "****" if _is_secret_option(key) else value
         for key, value in terraform.options.items()
     }
     shown = terraform.backend + (f" {json.dumps(options, sort_keys=True)}" if options else "")

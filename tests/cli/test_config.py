@@ -65,6 +65,61 @@ def test_complete_settings_are_shown_with_secrets_masked() -> None:
     assert "my-passphrase-value" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("state", "shown", "hidden"),
+    [
+        (
+            "  pulumi:\n    url: s3://robot:pw-SECRET-1@state/taskstack\n",
+            ["s3://robot:****@state/taskstack"],
+            ["pw-SECRET-1"],
+        ),
+        (
+            "  pulumi:\n    url: azblob://state?storage_account=acct&account_key=AZ-SECRET-2\n",
+            ["azblob://state?storage_account=acct&account_key=****"],
+            ["AZ-SECRET-2"],
+        ),
+        (
+            "  terraform:\n    backend: gcs\n"
+            '    options: {bucket: b, credentials: \'{"private_key": "PK-SECRET-3"}\'}\n',
+            ['"credentials": "****"', '"bucket": "b"'],
+            ["PK-SECRET-3"],
+        ),
+        (
+            "  terraform:\n    backend: s3\n"
+            "    options: {bucket: b, key: runs/state, region: r, secret_key: SK-SECRET-4}\n",
+            ['"key": "runs/state"', '"secret_key": "****"'],
+            ["SK-SECRET-4"],
+        ),
+    ],
+)
+def test_state_backend_secrets_are_masked_and_the_rest_shown(
+    state: str, shown: list[str], hidden: list[str]
+) -> None:
+    _write("engine: terraform\nbackends:\n  aws: {regions: [us-east-1]}\nstate:\n" + state)
+
+    result = runner.invoke(app, ["config", "check"], env={"COLUMNS": "400"})
+
+    assert result.exit_code in (0, 1), result.output
+    assert all(text in result.output for text in shown), result.output
+    assert not any(text in result.output for text in hidden), result.output
+
+
+def test_the_readme_settings_example_is_valid_settings(tmp_path) -> None:
+    from pathlib import Path
+
+    from taskstack.settings import load_settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    example = next(block for block in blocks if block.startswith("backends:"))
+    (tmp_path / "config.yml").write_text(example)
+
+    settings = load_settings(tmp_path / "config.yml", environ={})
+
+    assert settings.state.terraform.options["bucket"] == "my-bucket"
+    assert settings.backends_in_use() == ["aws"]
+
+
 def test_what_is_missing_is_named_and_the_exit_code_says_so() -> None:
     _write(
         "engine: terraform\n"
