@@ -365,10 +365,17 @@ def _text(value: Any) -> str:
 
 
 def _cheapest_offer(task: Any, *, backend: str | None) -> Any:
+    from taskstack.compiler.catalog import Catalog, load_catalog
     from taskstack.compiler.offers import find_offers
 
     clouds = (backend,) if backend else CLOUDS
-    query = find_offers(task, backends=list(clouds), any_backend=True)
+    # Only the clouds previewed, configured or not: when nothing fits, the offer named as
+    # "the cheapest" that a requirement removed is one of theirs.
+    catalog = load_catalog()
+    catalog = Catalog(
+        offers=tuple(o for o in catalog.offers if o.backend in clouds), source=catalog.source
+    )
+    query = find_offers(task, backends=list(clouds), catalog=catalog, any_backend=True)
     for offer in query.offers:
         if offer.backend in clouds:
             return offer

@@ -142,6 +142,22 @@ def test_errors_are_one_red_line_and_exit_1(
     assert err.startswith(message), err
 
 
+@pytest.mark.parametrize("backend", ["aws", "gcp", "azure"])
+def test_no_fit_names_an_offer_of_the_backend_previewed(
+    backend: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "cheap.dstack.yml"
+    path.write_text("type: task\nmax_price: 0.001\nresources: {gpu: A100}\ncommands: [x]\n")
+
+    err = one_error_line(["plan", "-f", str(path), "-b", backend], monkeypatch, capsys)
+
+    assert err.startswith("error: no offer fits: `max_price: 0.001` removed the last"), err
+    assert f"(the cheapest was {backend} " in err, err
+
+
 def test_a_task_whose_files_would_be_missing_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
