@@ -162,6 +162,17 @@ def shell_command(commands: tuple[str, ...]) -> str:
     return " && ".join(parts)
 
 
+def docker_error(*outputs: str) -> str:
+    """docker's reason for a failure, on one line: the last line it wrote (its first ones
+    are progress, such as "Unable to find image ... locally"); the first output that has
+    any is read."""
+    for output in outputs:
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return "no output"
+
+
 def shell_path(shell: str | None, *, default: str) -> str:
     """The program behind a task's `shell`: `sh` and `bash` by their usual paths."""
     if shell is None:

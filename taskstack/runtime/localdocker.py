@@ -24,6 +24,7 @@ from taskstack.runtime.docker import (
     HOSTFILE_PATH,
     RUN_LABEL,
     Placement,
+    docker_error,
     docker_login,
     docker_run,
 )
@@ -161,6 +162,6 @@ class LocalDockerTransport:
         )
         out, err = await process.communicate(stdin)
         if check and process.returncode != 0:
-            detail = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
+            detail = docker_error(err.decode(errors="replace"), out.decode(errors="replace"))
             raise RunError(f"{what} failed on node {self.node.rank}: {detail}")
         return out.decode(errors="replace")

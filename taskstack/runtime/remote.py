@@ -33,6 +33,7 @@ from taskstack.runtime.docker import (
     HOSTFILE_PATH,
     DockerRun,
     Placement,
+    docker_error,
     docker_login,
     docker_run,
 )
@@ -125,7 +126,8 @@ class RemoteTransport:
         if result.exit_status != 0:
             raise RunError(
                 f"`docker create` of {spec.image} on node {self.node.rank} failed: "
-                f"{result.stderr.strip() or result.stdout.strip()}"
+                f"{docker_error(result.stderr, result.stdout)}; check `image` (and "
+                "`registry_auth` for a private registry)"
             )
 
         pid, _, state = result.stdout.strip().partition("\n")
@@ -199,13 +201,16 @@ class RemoteTransport:
         # The run's and the root's folders go too once empty (the last node removes them).
         parents = f"{shlex.quote(self.folder.rsplit('/', 1)[0])} {shlex.quote(self.remote_root)}"
         steps = [f"rm -rf {shlex.quote(self.folder)}", f"rmdir {parents} 2>/dev/null"]
+        if self._attach_pid:
+            # Only a pid that was read back: `kill 0` would end this very shell's group,
+            # and with it the removal of the node's folder below.
+            steps.insert(0, f"kill {self._attach_pid} 2>/dev/null")
         if self._container is not None:
             name = shlex.quote(self._container)
             steps = [
                 f"docker stop -t {math.ceil(grace)} {name} >/dev/null 2>&1",
                 f"docker inspect -f '{{{{.State.ExitCode}}}}' {name} 2>/dev/null",
                 f"docker rm -f {name} >/dev/null 2>&1",
-                f"kill {self._attach_pid} 2>/dev/null",
                 *steps,
             ]
         result = await connection.run("; ".join(steps), check=False)
@@ -251,7 +256,7 @@ class RemoteTransport:
             # docker's own message names the registry and the reason, never the password.
             raise RunError(
                 f"`docker login` as {spec.registry_auth.username} on node {self.node.rank} "
-                f"failed: {result.stderr.strip()}"
+                f"failed: {docker_error(result.stderr, result.stdout)}; check `registry_auth`"
             )
 
     def _progress(self, sent: int, total: int) -> None:

@@ -13,6 +13,7 @@ from taskstack.runtime.docker import (
     Placement,
     container_name,
     default_image,
+    docker_error,
     docker_login,
     docker_run,
     registry_of,
@@ -140,6 +141,14 @@ def test_shell_is_the_program_that_runs_the_commands(shell, program):
 
     assert _after(run.argv, "--entrypoint") == program
     assert run.argv[-2:] == ("-c", "echo hi")
+
+
+def test_docker_error_is_the_last_line_docker_wrote():
+    pulled = "Unable to find image 'x:1' locally\nError response from daemon: manifest unknown\n"
+
+    assert docker_error(pulled, "out") == "Error response from daemon: manifest unknown"
+    assert docker_error("  \n", "only stdout\n") == "only stdout"
+    assert docker_error("", "") == "no output"
 
 
 def test_user_working_dir_and_entrypoint():

@@ -169,7 +169,21 @@ def test_registry_login_failure_is_a_run_error_without_the_password(test_hosts: 
         asyncio.run(_run(spec, [test_hosts[0].node()]))
 
     assert "pa55" not in str(failure.value)
+    assert "\n" not in str(failure.value) and str(failure.value).endswith("check `registry_auth`")
     _assert_nothing_left(test_hosts[:1], "login")
+
+
+def test_an_image_that_cannot_be_pulled_is_one_line_with_the_fix(test_hosts: list[TestHost]):
+    # From a registry on the node's own loopback, where nothing answers.
+    spec = JobSpec(run_name="nopull", image="localhost:5999/missing:1", commands=("true",))
+
+    with pytest.raises(RunError, match="`docker create` of localhost:5999/missing:1") as failure:
+        asyncio.run(_run(spec, [test_hosts[0].node()]))
+
+    message = str(failure.value)
+    assert "\n" not in message and "Unable to find image" not in message, message
+    assert message.endswith("check `image` (and `registry_auth` for a private registry)")
+    _assert_nothing_left(test_hosts[:1], "nopull")
 
 
 def test_a_node_that_dies_mid_run_is_lost(testbed: Testbed):
