@@ -572,6 +572,8 @@ def _masked_url(url: str) -> str:
         (name, "****" if _is_secret_option(name) else value)
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
+    if netloc == parts.netloc and all(value != "****" for _, value in query):
+        return url  # nothing to mask: shown as given
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/:")))
 
 
@@ -598,10 +600,50 @@ def _state_entries(settings: Settings) -> list[CheckEntry]:
     }
     shown = terraform.backend + (f" {json.dumps(options, sort_keys=True)}" if options else "")
     return [
-        CheckEntry(key="state.pulumi.url", value=url),
+        CheckEntry(key="state.pulumi.url", value=url, missing=_pulumi_url_problem(pulumi.url)),
         CheckEntry(key="state.pulumi.passphrase", value=passphrase, missing=missing),
-        CheckEntry(key="state.terraform", value=shown),
+        CheckEntry(
+            key="state.terraform", value=shown, missing=_terraform_state_problem(terraform)
+        ),
     ]
+
+
+_PULUMI_URL_SCHEMES = ("file", "s3", "gs", "azblob", "http", "https")
+_TERRAFORM_STATE_NEEDS = {
+    "s3": ("bucket",),
+    "gcs": ("bucket",),
+    "azurerm": ("storage_account_name", "container_name"),
+}
+_TERRAFORM_LOCAL_OPTIONS = ("path", "workspace_dir")
+
+
+def _pulumi_url_problem(url: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    if url is None:
+        return None  # the default, under the state folder
+    parts = urlsplit(url)
+    if parts.scheme not in _PULUMI_URL_SCHEMES or not (parts.netloc or parts.path):
+        schemes = ", ".join(f"{scheme}://" for scheme in _PULUMI_URL_SCHEMES[:4])
+        return f"not a Pulumi state URL; give {schemes} or a Pulumi Cloud https:// URL"
+    return None
+
+
+def _terraform_state_problem(state: TerraformStateSettings) -> str | None:
+    if state.backend == "local":
+        extra = sorted(set(state.options) - set(_TERRAFORM_LOCAL_OPTIONS))
+        if extra:
+            return (
+                f"the local backend takes only `path` and `workspace_dir`; remove "
+                f"`{extra[0]}`, or choose s3, gcs or azurerm"
+            )
+        return None
+    lacking = [
+        name for name in _TERRAFORM_STATE_NEEDS[state.backend] if not state.options.get(name)
+    ]
+    if lacking:
+        return f"the {state.backend} backend needs `{lacking[0]}` in `state.terraform.options`"
+    return None
 
 
 def _mask_id(value: str) -> str:

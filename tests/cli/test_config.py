@@ -120,6 +120,31 @@ def test_the_readme_settings_example_is_valid_settings(tmp_path) -> None:
     assert settings.backends_in_use() == ["aws"]
 
 
+@pytest.mark.parametrize(
+    ("state", "problem"),
+    [
+        ("  pulumi: {url: not-a-url}\n", "not a Pulumi state URL; give file://, s3://"),
+        ("  pulumi: {url: 's3://'}\n", "not a Pulumi state URL"),
+        ("  terraform: {backend: s3, options: {region: r}}\n", "the s3 backend needs `bucket`"),
+        (
+            "  terraform: {backend: azurerm, options: {storage_account_name: a}}\n",
+            "the azurerm backend needs `container_name`",
+        ),
+        (
+            "  terraform: {backend: local, options: {bucket: b}}\n",
+            "the local backend takes only `path` and `workspace_dir`; remove `bucket`",
+        ),
+    ],
+)
+def test_a_state_backend_that_cannot_work_is_named(state: str, problem: str) -> None:
+    _write("backends:\n  aws: {regions: [us-east-1]}\nstate:\n" + state)
+
+    result = runner.invoke(app, ["config", "check"], env={"COLUMNS": "400"})
+
+    assert result.exit_code == 1, result.output
+    assert problem in result.output, result.output
+
+
 def test_what_is_missing_is_named_and_the_exit_code_says_so() -> None:
     _write(
         "engine: terraform\n"
