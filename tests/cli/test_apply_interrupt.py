@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,12 +27,11 @@ from taskstack import records
 from taskstack.apply import stop_run
 from taskstack.errors import RunError
 from taskstack.home import taskstack_home
-from taskstack.runtime.remote import REMOTE_ROOT
 from taskstack.stacks.keys import keys_dir
 from tests.testbed.catalogs import cpu_catalog
 from tests.testbed.fake_apply import OPTIONS_ENV
 from tests.testbed.fake_engine import FakeEngine
-from tests.testbed.hosts import TestHost
+from tests.testbed.hosts import TestHost, remove_lost_disks
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "ctrl-c"
@@ -252,7 +250,7 @@ def test_after_kill_9_the_switch_fires_and_destroy_removes_the_stack(
             names = host.containers()
             if names:
                 host.docker("rm", "-f", *names)
-        shutil.rmtree(Path(REMOTE_ROOT, RUN), ignore_errors=True)
+        remove_lost_disks(RUN)
 
     monkeypatch.setenv("TASKSTACK_BACKENDS", "aws")
     monkeypatch.setenv("TASKSTACK_ENGINE", "terraform")

@@ -49,7 +49,7 @@ from taskstack.runtime.spec import Node
 from taskstack.stacks.cloudinit import user_data
 from taskstack.stacks.keys import keys_dir, run_key_pair
 from tests.testbed.cloudbox import live_instances, run_processes, run_resources
-from tests.testbed.hosts import Testbed, TestHost
+from tests.testbed.hosts import Testbed, TestHost, remove_lost_disks
 from tests.testbed.moto import MotoServer
 from tests.testbed.moto_faults import CAPACITY_CODE, FaultyEndpoint, faulty_endpoint
 
@@ -246,6 +246,8 @@ def _scenario(
         for host in hosts:
             if host in box.testbed.hosts:
                 box.testbed.remove_host(host)
+        if observer.killed:
+            remove_lost_disks(observer.run)
     scenario.leftovers += [item for host in hosts for item in box.testbed.leftovers(host)]
     _TALLY["resources left behind"][name] += len(scenario.leftovers)
 

@@ -49,7 +49,7 @@ from taskstack.home import taskstack_home
 from taskstack.stacks import cloudinit
 from tests.testbed.cloud_apply import OPTIONS_ENV
 from tests.testbed.cloudbox import live_instances, run_processes, run_resources
-from tests.testbed.hosts import Testbed, TestHost
+from tests.testbed.hosts import Testbed, TestHost, remove_lost_disks
 from tests.testbed.moto import MotoServer
 
 pytestmark = pytest.mark.e2e
@@ -229,7 +229,8 @@ def test_after_kill_9_the_switch_fires_and_destroy_removes_the_stack(
     finally:
         apply.kill()
     killed_left = apply.leftover_processes()  # what the killed apply left on this machine
-    cloud.remove_hosts()  # the machines are off: their containers went with them
+    cloud.remove_hosts()  # the machines are off: their containers and disks went with them
+    remove_lost_disks(run)
     before = apply.dstack("ps")
     destroyed = apply.dstack("destroy", run, "-y")
     apply.marks["destroyed"] = time.monotonic()

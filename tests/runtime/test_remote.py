@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import threading
 from pathlib import Path
 
@@ -24,7 +22,13 @@ from taskstack.runtime.spec import JobSpec, Node, PortMapping, RegistryAuth
 from taskstack.runtime.ssh import SSHPool
 from taskstack.runtime.workdir import write_snapshot
 from tests.testbed.busybox import IMAGE
-from tests.testbed.hosts import Testbed, TestHost, free_local_port, http_get_local
+from tests.testbed.hosts import (
+    Testbed,
+    TestHost,
+    free_local_port,
+    http_get_local,
+    remove_lost_disks,
+)
 
 SECRET = "pa55 'word'\nline2"
 
@@ -208,10 +212,7 @@ def test_a_node_that_dies_mid_run_is_lost(testbed: Testbed):
 
     testbed.remove_host(host)
     assert testbed.leftovers(host) == []
-    # A lost node takes its disk with it; a test host shares this machine's disk.
-    shutil.rmtree(Path(REMOTE_ROOT, "doomed"), ignore_errors=True)
-    with contextlib.suppress(OSError):
-        Path(REMOTE_ROOT).rmdir()  # only when empty: other runs may share it
+    remove_lost_disks("doomed")
 
 
 def _assert_nothing_left(hosts: list[TestHost], run_name: str) -> None:

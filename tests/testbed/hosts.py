@@ -671,3 +671,15 @@ def _wait_for(check, what: str, timeout: float = _READY_TIMEOUT) -> None:
             raise TestbedError(f"{what} was not ready after {timeout:.0f} s")
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
+
+
+def remove_lost_disks(run: str) -> None:
+    """Remove what a lost machine takes with it: the run's node folders.
+
+    Test hosts share this machine's disk, so a killed host's folders would outlive it.
+    """
+    from taskstack.runtime.remote import REMOTE_ROOT
+
+    shutil.rmtree(Path(REMOTE_ROOT, run), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path(REMOTE_ROOT).rmdir()  # only when empty: other runs may share it
