@@ -568,11 +568,9 @@ def _masked_url(url: str) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":****@", 1)
-    query = [
-        (name, "****" if _is_secret_option(name) else value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    if netloc == parts.netloc and all(value != "****" for _, value in query):
+    given = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(name, "****" if _is_secret_option(name) else value) for name, value in given]
+    if (netloc, query) == (parts.netloc, given):
         return url  # nothing to mask: shown as given
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/:")))
 

@@ -159,7 +159,7 @@ def _requirements(
     placement: dict[str, Any],
 ) -> Requirements:
     """The file's requirements (or the defaults), with the flags laid over them."""
-    from taskstack.compiler.catalog import CLOUDS
+    from taskstack.compiler.catalog import BACKENDS
     from taskstack.compiler.offers import Requirements
     from taskstack.errors import ConfigError
 
@@ -171,7 +171,7 @@ def _requirements(
     if placement["max_price"] is not None and placement["max_price"] <= 0:
         # The file's own rule for `max_price`.
         raise typer.BadParameter("must be greater than 0 (USD per hour)", param_hint="--max-price")
-    unknown = sorted(set(placement["backends"] or ()) - {*CLOUDS, "local"})
+    unknown = sorted(set(placement["backends"] or ()) - set(BACKENDS))
     if unknown:
         raise ConfigError(f"`--backend {unknown[0]}`: not a backend; use aws, gcp, azure or local")
 

@@ -41,6 +41,8 @@ from taskstack.home import ensure_home, taskstack_home
 log = logging.getLogger(__name__)
 
 CLOUDS = ("aws", "gcp", "azure")
+BACKENDS = (*CLOUDS, "local")
+"""Every backend taskstack runs tasks on."""
 DEFAULT_DISK_GB = 100
 
 # The date `data/SOURCES.md` gives for the packaged rows; the source line reports its age.

@@ -33,7 +33,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskstack.compiler.catalog import CLOUDS, Catalog, CatalogSource, Offer, load_catalog
+from taskstack.compiler.catalog import (
+    BACKENDS,
+    Catalog,
+    CatalogSource,
+    Offer,
+    load_catalog,
+)
 from taskstack.compiler.source import cut
 from taskstack.errors import ConfigError, OffersError
 
@@ -499,7 +505,7 @@ def _check_gpu_names(asked: Sequence[str], *, catalog: Catalog) -> None:
 
 def _check_backend_names(asked: Sequence[str]) -> None:
     """Raise naming a backend of the task (dstack has more) that taskstack cannot run on."""
-    unknown = [name for name in asked if name not in _BACKEND_RANK]
+    unknown = [name for name in asked if name not in BACKENDS]
     if unknown:
         raise OffersError(
             f"`backends: {unknown[0]}`: taskstack runs tasks on aws, gcp, azure and local "
@@ -544,7 +550,7 @@ def _volume_gb(disk: Span, *, default: int) -> int:
     return math.ceil(min(default, disk.max)) if disk.max is not None else default
 
 
-_BACKEND_RANK = {name: rank for rank, name in enumerate((*CLOUDS, "local"))}
+_BACKEND_RANK = {name: rank for rank, name in enumerate(BACKENDS)}
 
 
 def _order(offer: Offer) -> tuple:

@@ -173,10 +173,8 @@ def docker_error(*outputs: str) -> str:
     return "no output"
 
 
-def shell_path(shell: str | None, *, default: str) -> str:
+def shell_path(shell: str) -> str:
     """The program behind a task's `shell`: `sh` and `bash` by their usual paths."""
-    if shell is None:
-        return default
     return {"sh": "/bin/sh", "bash": "/bin/bash"}.get(shell, shell)
 
 
@@ -239,7 +237,7 @@ def _process(spec: JobSpec) -> list[str]:
         # docker's --entrypoint takes one program; its arguments go after the image.
         options += ["--entrypoint", shlex.split(spec.entrypoint)[0]]
     else:
-        options += ["--entrypoint", shell_path(spec.shell, default=_SHELL)]
+        options += ["--entrypoint", shell_path(spec.shell) if spec.shell else _SHELL]
     return options
 
 

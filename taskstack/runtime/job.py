@@ -141,8 +141,9 @@ class JobResult:
         """The status a command exits with: 0, the failing node's code, or 1 when stopped."""
         if self.status == "done":
             return 0
+        # Only a failed job has a failing node.
         code = self.exit_codes.get(self.failed_rank, 0) if self.failed_rank is not None else 0
-        if self.status == "failed" and code != 0:
+        if code != 0:
             # A signal death is reported the way shells do: 128 + the signal number.
             return code if code > 0 else 128 - code
         return 1

@@ -213,8 +213,7 @@ def _argv(spec: JobSpec) -> list[str]:
         raise RunError("the task has no `commands` to run on the local backend")
     # Found on taskstack's own PATH: the task's `env` may set a PATH without it.
     shell = spec.shell or "bash"
-    program = shutil.which(shell) or shell_path(shell, default="/bin/bash")
-    return [program, "-c", shell_command(spec.commands)]
+    return [shutil.which(shell) or shell_path(shell), "-c", shell_command(spec.commands)]
 
 
 async def read_lines(process: asyncio.subprocess.Process) -> AsyncIterator[str]:

@@ -376,9 +376,8 @@ def _cheapest_offer(task: Any, *, backend: str | None) -> Any:
         offers=tuple(o for o in catalog.offers if o.backend in clouds), source=catalog.source
     )
     query = find_offers(task, backends=list(clouds), catalog=catalog, any_backend=True)
-    for offer in query.offers:
-        if offer.backend in clouds:
-            return offer
+    if query.offers:
+        return query.offers[0]
     where = f"backend `{backend}`" if backend else "any cloud backend"
     raise OffersError(
         f"no offer of {where} fits the task; `dstack offer` lists what the catalog has"

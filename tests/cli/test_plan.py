@@ -6,6 +6,7 @@ import gc
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -142,29 +143,35 @@ def test_errors_are_one_red_line_and_exit_1(
     assert err.startswith(message), err
 
 
-@pytest.mark.parametrize("backend", ["aws", "gcp", "azure"])
-def test_no_fit_names_an_offer_of_the_backend_previewed(
-    backend: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    path = tmp_path / "cheap.dstack.yml"
-    path.write_text("type: task\nmax_price: 0.001\nresources: {gpu: A100}\ncommands: [x]\n")
+@pytest.fixture
+def plan_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[Path, str]]:
+    """`plan_error(TEXT, *ARGS)`: the task file written, and the one error line that
+    `dstack plan -f FILE ARGS` prints for it."""
 
-    err = one_error_line(["plan", "-f", str(path), "-b", backend], monkeypatch, capsys)
+    def plan(text: str, *args: str) -> tuple[Path, str]:
+        path = tmp_path / "task.dstack.yml"
+        path.write_text(text)
+        return path, one_error_line(["plan", "-f", str(path), *args], monkeypatch, capsys)
+
+    return plan
+
+
+@pytest.mark.parametrize("backend", ["aws", "gcp", "azure"])
+def test_no_fit_names_an_offer_of_the_backend_previewed(backend: str, plan_error) -> None:
+    cheap = "type: task\nmax_price: 0.001\nresources: {gpu: A100}\ncommands: [x]\n"
+
+    _, err = plan_error(cheap, "-b", backend)
 
     assert err.startswith("error: no offer fits: `max_price: 0.001` removed the last"), err
     assert f"(the cheapest was {backend} " in err, err
 
 
-def test_a_task_whose_files_would_be_missing_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / "files.dstack.yml"
-    path.write_text(TASK + "files:\n  - data/config.json:/opt/config.json\n")
+def test_a_task_whose_files_would_be_missing_is_refused(plan_error) -> None:
+    files = TASK + "files:\n  - data/config.json:/opt/config.json\n"
 
-    err = one_error_line(["plan", "-f", str(path), "-b", "aws"], monkeypatch, capsys)
+    path, err = plan_error(files, "-b", "aws")
 
     assert err.startswith(f"error: {path}: `files`: taskstack does not copy files"), err
 
@@ -242,18 +249,12 @@ def test_run_in_process_the_command_leaves_the_collector_alone(task_file: Path) 
 
 @pytest.mark.parametrize(("cloud", "room"), [("aws", 251), ("gcp", 252), ("azure", 251)])
 def test_plan_refuses_more_nodes_than_the_runs_subnet_holds(
-    cloud: str,
-    room: int,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    cloud: str, room: int, plan_error
 ) -> None:
-    path = tmp_path / "cpu.dstack.yml"
-    path.write_text("type: task\nname: wide\ncommands: [hostname]\n")
-    args = ["plan", "-f", str(path), "-b", cloud, "--nodes"]
+    wide = "type: task\nname: wide\ncommands: [hostname]\n"
 
-    err = one_error_line([*args, str(room + 1)], monkeypatch, capsys)
-    fits = runner.invoke(app, [*args, "2", "--json"])
+    path, err = plan_error(wide, "-b", cloud, "--nodes", str(room + 1))
+    fits = runner.invoke(app, ["plan", "-f", str(path), "-b", cloud, "--nodes", "2", "--json"])
 
     assert f"`nodes: {room + 1}` does not fit the run's subnet 10.200.0.0/24 ({room} " in err
     assert fits.exit_code == 0, fits.output
